@@ -1,0 +1,1 @@
+"""Plain-torch maths of the spatial-control methods (no ComfyUI imports outside backends/)."""

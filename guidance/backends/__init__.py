@@ -1,0 +1,1 @@
+"""Backends: the only code that knows a host (ComfyUI MODELs, diffusers UNets)."""

@@ -1,0 +1,206 @@
+"""ComfyUI backend: attention capture through attn2 patches and a differentiable denoiser.
+
+The only module of ``guidance/`` that touches ComfyUI internals. Capture patches are installed on
+a ``model.clone()`` and wrap whatever attn2 replace patch was already there (IPAdapter, attention
+couple, ...); they do nothing unless a call passes an ``AttentionStore`` through
+``transformer_options``, so no state lives on the (cached, shared) MODEL between runs.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_patcher
+import comfy.sampler_helpers
+import comfy.samplers
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
+
+from ..attention_store import AttentionStore, CrossAttentionLayer, attend, attention_probabilities
+from ..errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
+from ..tokens import find_token_positions
+
+STORE_KEY = "spatial_control_attention_store"
+
+
+class CaptureCrossAttention:
+    """An attn2 replace patch that records per-token maps into the call's AttentionStore."""
+
+    def __init__(self, patch_key: tuple[str, int, int], inner=None):
+        self.patch_key = patch_key
+        self.inner = inner
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        store: AttentionStore | None = extra_options.get(STORE_KEY)
+        if store is None or not store.wants(self.patch_key):
+            return self._attention(q, k, v, extra_options)
+        probs = attention_probabilities(q, k, heads)
+        store.record(
+            self.patch_key,
+            probs,
+            heads,
+            latent_hw=tuple(extra_options["original_shape"][-2:]),
+            chunks=extra_options.get("cond_or_uncond"),
+        )
+        if self.inner is not None:
+            return self.inner(q, k, v, extra_options)
+        return attend(probs, v, heads).to(q.dtype)
+
+    def _attention(self, q, k, v, extra_options):
+        if self.inner is not None:
+            return self.inner(q, k, v, extra_options)
+        return comfy_attention.optimized_attention(
+            q, k, v, extra_options["n_heads"], attn_precision=extra_options.get("attn_precision")
+        )
+
+
+def diffusion_unet(model_patcher) -> UNetModel:
+    """The model's UNet, or an error saying why this MODEL cannot be guided."""
+    diffusion_model = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
+    if diffusion_model is None:
+        raise UnsupportedModelError(
+            f"expected a diffusion MODEL (from a checkpoint or UNet loader), got {type(model_patcher).__name__}"
+        )
+    if not isinstance(diffusion_model, UNetModel):
+        raise UnsupportedModelError(
+            f"the {type(diffusion_model).__name__} architecture is not supported (cross-attention guidance "
+            "needs an SD1.x/SD2.x/SDXL-style UNet); connect such a model"
+        )
+    return diffusion_model
+
+
+def cross_attention_layers(model_patcher) -> list[CrossAttentionLayer]:
+    """Every text cross-attention layer of the MODEL's UNet, with its downscale factor."""
+    unet = diffusion_unet(model_patcher)
+    config = getattr(model_patcher.model, "model_config", None)
+    if config is not None and config.unet_config.get("context_dim") is None:
+        raise UnsupportedModelError(
+            "this MODEL's UNet has no text cross-attention (context_dim is None); connect a text-to-image model"
+        )
+    layers: list[CrossAttentionLayer] = []
+    downscale = 1
+
+    def collect(block_name: str, block_id: int, block) -> None:
+        for module in block:
+            for index, transformer in enumerate(getattr(module, "transformer_blocks", [])):
+                if getattr(transformer, "attn2", None) is not None and not transformer.switch_temporal_ca_to_sa:
+                    layers.append(CrossAttentionLayer(block_name, block_id, index, downscale))
+
+    for block_id, block in enumerate(unet.input_blocks):
+        collect("input", block_id, block)
+        if any(isinstance(m, Downsample) for m in block):
+            downscale *= 2
+    collect("middle", 0, unet.middle_block)
+    for block_id, block in enumerate(unet.output_blocks):
+        collect("output", block_id, block)
+        if any(isinstance(m, Upsample) for m in block):
+            downscale //= 2
+    if not layers:
+        raise UnsupportedModelError("this MODEL has no text cross-attention layers; connect a text-to-image model")
+    return layers
+
+
+def install_attention_capture(model_patcher, layers: list[CrossAttentionLayer]):
+    """Return ``model_patcher.clone()`` with capture patches on ``layers``, wrapping existing patches."""
+    m = model_patcher.clone()
+    replace = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for layer in layers:
+        key = layer.patch_key
+        inner = replace.get(key, replace.get(key[:2]))
+        if isinstance(inner, CaptureCrossAttention):
+            continue
+        m.set_model_attn2_replace(CaptureCrossAttention(key, inner), layer.block, layer.block_id, layer.index)
+    return m
+
+
+def make_weights_differentiable(module: torch.nn.Module) -> None:
+    """Replace inference-mode parameters/buffers by normal tensors with the same values.
+
+    ComfyUI loads (and re-patches, e.g. for LoRAs) weights inside ``torch.inference_mode``;
+    autograd cannot save such tensors for backward. Values, devices and dtypes are unchanged, so
+    this is invisible to every other user of the model; it is re-checked on each call because the
+    ModelPatcher may swap weights between runs.
+    """
+    with torch.inference_mode(False):
+        for sub in module.modules():
+            for name, p in list(sub.named_parameters(recurse=False)):
+                if p.is_inference():
+                    setattr(sub, name, torch.nn.Parameter(p.detach().clone(), requires_grad=False))
+            for name, b in list(sub.named_buffers(recurse=False)):
+                if b is not None and b.is_inference():
+                    sub._buffers[name] = b.detach().clone()
+
+
+class ComfyDenoiser:
+    """Differentiable x0-prediction of a loaded ComfyUI model (``comfy.model_base.BaseModel``).
+
+    ``cond`` is a list of processed cond dicts, as a CFGGuider holds them in ``conds["positive"]``;
+    masks, areas, ControlNets and other patches of the MODEL apply exactly as in sampling.
+    """
+
+    def __init__(self, model, model_options: dict):
+        self.model = model
+        self.model_options = model_options
+
+    def denoise(self, x, sigma, cond, store: AttentionStore | None = None):
+        options = comfy.model_patcher.create_model_options_clone(self.model_options)
+        transformer_options = dict(options.get("transformer_options", {}))
+        transformer_options[STORE_KEY] = store
+        options["transformer_options"] = transformer_options
+        make_weights_differentiable(self.model.diffusion_model)
+        sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
+        return comfy.samplers.calc_cond_batch(self.model, [cond], x, sigma, options)[0]
+
+
+@contextmanager
+def loaded_denoiser(model_patcher, conditioning, latent_shape, seed: int = 0):
+    """For use outside a sampler: load the MODEL, process CONDITIONING for a latent of
+    ``latent_shape`` and yield ``(denoiser, cond)``; unloads additional models afterwards."""
+    conds = {"positive": comfy.sampler_helpers.convert_cond(conditioning)}
+    model_options = model_patcher.model_options
+    real_model, conds, loaded = comfy.sampler_helpers.prepare_sampling(
+        model_patcher, latent_shape, conds, model_options
+    )
+    try:
+        model_patcher.pre_run()
+        device = model_patcher.load_device
+        noise = torch.zeros(latent_shape, device=device)
+        conds = comfy.samplers.process_conds(real_model, noise, conds, device, None, None, seed)
+        yield ComfyDenoiser(real_model, model_options), conds["positive"]
+    finally:
+        model_patcher.cleanup()
+        comfy.sampler_helpers.cleanup_models(conds, loaded)
+
+
+def _clip_tokenizer(clip):
+    """(key, SDTokenizer) of a CLIP-BPE text encoder of a ComfyUI CLIP, or a clear error."""
+    tokenizer = getattr(clip, "tokenizer", None)
+    for key in ("l", "g"):
+        sd_tokenizer = getattr(tokenizer, f"clip_{key}", None)
+        if sd_tokenizer is not None and hasattr(getattr(sd_tokenizer, "tokenizer", None), "convert_tokens_to_ids"):
+            return key, sd_tokenizer
+    raise UnknownTokenizerError(
+        f"the connected CLIP ({type(tokenizer).__name__}) has no CLIP-BPE tokenizer (clip_l / clip_g); "
+        "connect the CLIP output of an SD1.x, SD2.x or SDXL checkpoint loader"
+    )
+
+
+def locate_phrases(clip, prompt: str, phrases: list[str]) -> dict[str, list[int]]:
+    """Conditioning token indices of each phrase in ``prompt``, as the CLIP text encoder sees it."""
+    key, sd_tokenizer = _clip_tokenizer(clip)
+    chunks = [
+        [tok if isinstance(tok, int) else -1 for tok, *_ in chunk] for chunk in clip.tokenize(prompt)[key]
+    ]
+    positions = {}
+    for phrase in phrases:
+        ids = sd_tokenizer.tokenizer(phrase)["input_ids"][1:-1]
+        try:
+            positions[phrase] = find_token_positions(chunks, ids)
+        except PhraseNotFoundError as err:
+            raise PhraseNotFoundError(
+                f"phrase {phrase!r} is not in the prompt {prompt!r} ({err}); write it in the prompt or change the phrase"
+            ) from None
+    return positions

@@ -1,0 +1,1 @@
+"""nn.Modules, configs and safetensors loading for the pack's models (no weights in code)."""

@@ -1,0 +1,130 @@
+"""Turn a small diffusers-layout UNet into a standard ComfyUI MODEL, built from ComfyUI's classes.
+
+ComfyUI's detection only knows registered model families, so a small SD-style UNet gets a
+``supported_models_base.BASE`` subclass with a hand-written ``unet_config``: the resulting
+``ModelPatcher`` is what CheckpointLoaderSimple would return for SD1.5, and every stock node,
+sampler and attention patch works with it. Imports ComfyUI: use it from nodes and tests only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+import comfy.latent_formats
+import comfy.model_base
+import comfy.model_management
+import comfy.model_patcher
+import comfy.supported_models_base
+import comfy.utils
+
+
+def comfy_unet_config(config: Mapping) -> dict:
+    """ComfyUI ``UNetModel`` kwargs for a diffusers ``UNet2DConditionModel`` config."""
+    channels = list(config["block_out_channels"])
+    levels = len(channels)
+    per_level = config["layers_per_block"]
+    per_level = [per_level] * levels if isinstance(per_level, int) else list(per_level)
+    depth = config.get("transformer_layers_per_block", 1)
+    depth = [depth] * levels if isinstance(depth, int) else list(depth)
+    heads = config["attention_head_dim"]
+    if not isinstance(heads, int):
+        if len(set(heads)) != 1:
+            raise ValueError("per-level head counts are not supported")
+        heads = heads[0]
+    down_attn = ["CrossAttn" in t for t in config["down_block_types"]]
+    up_attn = ["CrossAttn" in t for t in config["up_block_types"]][::-1]  # in input-level order
+    if "CrossAttn" not in config.get("mid_block_type", "UNetMidBlock2DCrossAttn"):
+        raise ValueError("a mid block without cross-attention is not supported")
+    return {
+        "use_checkpoint": False,
+        "image_size": 32,
+        "in_channels": config["in_channels"],
+        "out_channels": config["out_channels"],
+        "model_channels": channels[0],
+        "num_res_blocks": per_level,
+        "channel_mult": [c // channels[0] for c in channels],
+        "transformer_depth": [depth[lv] if down_attn[lv] else 0 for lv in range(levels) for _ in range(per_level[lv])],
+        "transformer_depth_output": [
+            depth[lv] if up_attn[lv] else 0 for lv in range(levels) for _ in range(per_level[lv] + 1)
+        ],
+        "transformer_depth_middle": depth[-1],
+        "use_spatial_transformer": True,
+        "use_linear_in_transformer": bool(config.get("use_linear_projection", False)),
+        "legacy": False,
+        "context_dim": config["cross_attention_dim"],
+        "num_heads": heads,
+        "num_head_channels": -1,
+        "adm_in_channels": None,
+        "use_temporal_attention": False,
+        "use_temporal_resblock": False,
+        "disable_self_attentions": _disable_self_attentions(config, levels, per_level),
+    }
+
+
+def _disable_self_attentions(config: Mapping, levels: int, per_level: list[int]):
+    only_cross = config.get("only_cross_attention", False)
+    if isinstance(only_cross, bool):
+        return None if not only_cross else [True] * levels
+    return list(only_cross)
+
+
+def diffusers_unet_to_comfy(state_dict: Mapping[str, torch.Tensor], unet_config: dict) -> dict:
+    """Rename diffusers UNet keys to ComfyUI's; raises if a key has no ComfyUI name (the map also
+    lists optional keys such as shortcut convolutions, so missing weights are caught at loading)."""
+    mapping = comfy.utils.unet_to_diffusers(unet_config)
+    extra = sorted(set(state_dict) - set(mapping))
+    if extra:
+        raise ValueError(f"UNet keys do not match its config: unexpected {extra[:5]}")
+    return {mapping[k]: v for k, v in state_dict.items()}
+
+
+def make_latent_format(scale_factor: float, channels: int = 4, rgb_factors=None, rgb_bias=None):
+    """A LatentFormat subclass (scale factor, channels, live-preview RGB factors)."""
+    attrs = {"scale_factor": scale_factor, "latent_channels": channels}
+    if rgb_factors is not None:
+        attrs["latent_rgb_factors"] = [list(map(float, row)) for row in rgb_factors]
+        attrs["latent_rgb_factors_bias"] = None if rgb_bias is None else list(map(float, rgb_bias))
+    return type("SmallLatentFormat", (comfy.latent_formats.LatentFormat,), attrs)
+
+
+def build_comfy_model(
+    diffusers_state_dict: Mapping[str, torch.Tensor],
+    diffusers_config: Mapping,
+    prediction: str = "eps",
+    latent_format=None,
+    sampling_settings: Mapping | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> comfy.model_patcher.ModelPatcher:
+    """A ComfyUI MODEL (``ModelPatcher`` around a ``BaseModel``) for a small diffusers UNet."""
+    unet_config = comfy_unet_config(diffusers_config)
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
+    settings.update(sampling_settings or {})
+
+    class SmallSD(comfy.supported_models_base.BASE):
+        supported_inference_dtypes = [torch.float32, torch.float16, torch.bfloat16]
+        memory_usage_factor = 1.0
+
+        def model_type(self, state_dict, prefix=""):
+            return model_type
+
+    SmallSD.unet_config = unet_config
+    SmallSD.unet_extra_config = {}
+    SmallSD.sampling_settings = settings
+    SmallSD.latent_format = latent_format or comfy.latent_formats.SD15
+
+    model_config = SmallSD(unet_config)
+    load_device = comfy.model_management.get_torch_device()
+    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    model_config.set_inference_dtype(dtype, manual_cast)
+    model = model_config.get_model({}, "")
+    comfy_sd = diffusers_unet_to_comfy(diffusers_state_dict, unet_config)
+    missing, unexpected = model.diffusion_model.load_state_dict(comfy_sd, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"UNet weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model.diffusion_model.to(dtype)
+    return comfy.model_patcher.ModelPatcher(
+        model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device()
+    )
