@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
-
 import comfy.latent_formats
 import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.supported_models_base
 import comfy.utils
+import torch
 
 
 def comfy_unet_config(config: Mapping) -> dict:
@@ -45,7 +44,9 @@ def comfy_unet_config(config: Mapping) -> dict:
         "model_channels": channels[0],
         "num_res_blocks": per_level,
         "channel_mult": [c // channels[0] for c in channels],
-        "transformer_depth": [depth[lv] if down_attn[lv] else 0 for lv in range(levels) for _ in range(per_level[lv])],
+        "transformer_depth": [
+            depth[lv] if down_attn[lv] else 0 for lv in range(levels) for _ in range(per_level[lv])
+        ],
         "transformer_depth_output": [
             depth[lv] if up_attn[lv] else 0 for lv in range(levels) for _ in range(per_level[lv] + 1)
         ],
@@ -99,7 +100,9 @@ def build_comfy_model(
 ) -> comfy.model_patcher.ModelPatcher:
     """A ComfyUI MODEL (``ModelPatcher`` around a ``BaseModel``) for a small diffusers UNet."""
     unet_config = comfy_unet_config(diffusers_config)
-    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[prediction]
+    model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[
+        prediction
+    ]
     settings = {"beta_schedule": "linear", "linear_start": 0.00085, "linear_end": 0.012, "timesteps": 1000}
     settings.update(sampling_settings or {})
 
@@ -117,7 +120,9 @@ def build_comfy_model(
 
     model_config = SmallSD(unet_config)
     load_device = comfy.model_management.get_torch_device()
-    manual_cast = comfy.model_management.unet_manual_cast(dtype, load_device, model_config.supported_inference_dtypes)
+    manual_cast = comfy.model_management.unet_manual_cast(
+        dtype, load_device, model_config.supported_inference_dtypes
+    )
     model_config.set_inference_dtype(dtype, manual_cast)
     model = model_config.get_model({}, "")
     comfy_sd = diffusers_unet_to_comfy(diffusers_state_dict, unet_config)

@@ -1,10 +1,12 @@
 """The pack's one node registry (ComfyUI V3 API)."""
 
+from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
-from comfy_api.latest import ComfyExtension, io
+from .attention_maps import CrossAttentionMaps
 
 NODES: list[type[io.ComfyNode]] = [
+    CrossAttentionMaps,
 ]
 
 

@@ -82,7 +82,10 @@ def _clip_l_state_dict(seed: int) -> dict[str, torch.Tensor]:
     sd = {k if k.startswith("text_model.") else f"text_model.{k}": v for k, v in model.state_dict().items()}
     # embeddings and positions as in a trained CLIP: small, not 1/sqrt(fan_in) of a 1-D "fan"
     gen = torch.Generator().manual_seed(seed + 1)
-    for key in ("text_model.embeddings.token_embedding.weight", "text_model.embeddings.position_embedding.weight"):
+    for key in (
+        "text_model.embeddings.token_embedding.weight",
+        "text_model.embeddings.position_embedding.weight",
+    ):
         sd[key] = torch.randn(sd[key].shape, generator=gen) * 0.02
     return {k: v for k, v in sd.items() if not k.endswith("position_ids")}
 

@@ -42,7 +42,9 @@ def find_comfyui() -> Path:
     if env:
         path = Path(env).expanduser().resolve()
         if not _is_comfyui(path):
-            raise FileNotFoundError(f"COMFYUI_PATH={env} is not a ComfyUI source tree (no comfy/ or nodes.py)")
+            raise FileNotFoundError(
+                f"COMFYUI_PATH={env} is not a ComfyUI source tree (no comfy/ or nodes.py)"
+            )
         return path
     if PACK_ROOT.parent.name == "custom_nodes" and _is_comfyui(PACK_ROOT.parent.parent):
         return PACK_ROOT.parent.parent
@@ -90,15 +92,18 @@ class RunResult:
     prompt_id: str
     outputs: dict  # node id -> UI output (e.g. {"images": [{"filename": ...}]})
     events: list = field(default_factory=list)
-    progress: list = field(default_factory=list)  # (node id, value, total, has preview) per ProgressBar update
+    progress: list = field(
+        default_factory=list
+    )  # (node id, value, total, has preview) per ProgressBar update
 
     def images(self, output_dir: Path) -> list[Path]:
-        paths = []
-        for out in self.outputs.values():
-            for img in out.get("images", []):
-                base = output_dir if img.get("type", "output") == "output" else output_dir.parent / "temp"
-                paths.append(base / img.get("subfolder", "") / img["filename"])
-        return paths
+        """Files written by saving nodes (type "output"; previews go to temp and are left out)."""
+        return [
+            output_dir / img.get("subfolder", "") / img["filename"]
+            for out in self.outputs.values()
+            for img in out.get("images", [])
+            if img.get("type", "output") == "output"
+        ]
 
 
 class HeadlessComfyUI:
@@ -151,7 +156,13 @@ class HeadlessComfyUI:
         self._execution = execution
         self._nodes = nodes
         comfy_utils.set_progress_bar_global_hook(self._on_progress)
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        root_logger = logging.getLogger()
+        level = root_logger.level
+        root_logger.setLevel(logging.ERROR)  # ComfyUI's audio nodes warn at length without torchaudio
+        try:
+            asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        finally:
+            root_logger.setLevel(level)
         loaded = asyncio.run(nodes.load_custom_node(str(self.pack_root), module_parent="custom_nodes"))
         if not loaded:
             raise RuntimeError(f"ComfyUI could not load the pack at {self.pack_root}: see the log above")

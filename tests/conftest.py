@@ -22,7 +22,9 @@ def comfy(tmp_path_factory):
 
     quiet_comfy_logging()
     harness = HeadlessComfyUI(base_dir=tmp_path_factory.mktemp("comfy_base"))
-    checkpoint = build_random_sd15_checkpoint(cache_dir() / "checkpoints" / f"random_sd15_v{FIXTURE_VERSION}.safetensors")
+    checkpoint = build_random_sd15_checkpoint(
+        cache_dir() / "checkpoints" / f"random_sd15_v{FIXTURE_VERSION}.safetensors"
+    )
     (harness.base_dir / "models" / "checkpoints" / RANDOM_SD15).symlink_to(checkpoint)
     return harness
 

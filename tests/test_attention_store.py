@@ -1,7 +1,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
 from spatial_control.guidance.attention_store import (
     COND,
     UNCOND,
@@ -32,7 +31,9 @@ def test_probabilities_and_attend_match_scaled_dot_product_attention():
     assert probs.shape == (b * heads, n, t)
     assert torch.allclose(probs.sum(-1), torch.ones(b * heads, n))
     split = lambda z: z.reshape(b, -1, heads, d).transpose(1, 2)  # noqa: E731
-    ref = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, heads * d)
+    ref = (
+        F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(b, n, heads * d)
+    )
     assert torch.allclose(attend(probs, v, heads), ref, atol=1e-5)
 
 

@@ -6,10 +6,10 @@ entry. Both run under ``torch.inference_mode()``, as ComfyUI executes prompts.
 
 import pytest
 import torch
-
 from spatial_control.guidance.attention_store import AttentionStore, select_layers
 from spatial_control.guidance.backends.diffusers import DiffusersDenoiser, discrete_sigmas, sigma_to_timestep
 from spatial_control.guidance.latent_gradient import energy_gradient, gradients_enabled
+
 from tests.tiny_models import tiny_unet
 
 pytestmark = pytest.mark.comfyui
@@ -39,7 +39,11 @@ def test_layers_have_the_same_names_and_resolutions(pair):
     unet, model, layers = pair
     assert sorted(DiffusersDenoiser(unet).layers) == sorted(layers)
     # the mid block (4x down) and the decoder's first cross-attention level (2x down)
-    assert [layer.name for layer in select_layers(layers, "coarse")] == ["middle_0.0", "output_2.0", "output_3.0"]
+    assert [layer.name for layer in select_layers(layers, "coarse")] == [
+        "middle_0.0",
+        "output_2.0",
+        "output_3.0",
+    ]
 
 
 def test_timesteps_match_comfy_model_sampling(pair):

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-import torch
-
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.sampler_helpers
 import comfy.samplers
+import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
 from ..attention_store import AttentionStore, CrossAttentionLayer, attend, attention_probabilities
@@ -62,7 +62,8 @@ def diffusion_unet(model_patcher) -> UNetModel:
     diffusion_model = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
     if diffusion_model is None:
         raise UnsupportedModelError(
-            f"expected a diffusion MODEL (from a checkpoint or UNet loader), got {type(model_patcher).__name__}"
+            "expected a diffusion MODEL (from a checkpoint or UNet loader), "
+            f"got {type(model_patcher).__name__}"
         )
     if not isinstance(diffusion_model, UNetModel):
         raise UnsupportedModelError(
@@ -78,7 +79,8 @@ def cross_attention_layers(model_patcher) -> list[CrossAttentionLayer]:
     config = getattr(model_patcher.model, "model_config", None)
     if config is not None and config.unet_config.get("context_dim") is None:
         raise UnsupportedModelError(
-            "this MODEL's UNet has no text cross-attention (context_dim is None); connect a text-to-image model"
+            "this MODEL's UNet has no text cross-attention (context_dim is None); "
+            "connect a text-to-image model"
         )
     layers: list[CrossAttentionLayer] = []
     downscale = 1
@@ -86,7 +88,10 @@ def cross_attention_layers(model_patcher) -> list[CrossAttentionLayer]:
     def collect(block_name: str, block_id: int, block) -> None:
         for module in block:
             for index, transformer in enumerate(getattr(module, "transformer_blocks", [])):
-                if getattr(transformer, "attn2", None) is not None and not transformer.switch_temporal_ca_to_sa:
+                if (
+                    getattr(transformer, "attn2", None) is not None
+                    and not transformer.switch_temporal_ca_to_sa
+                ):
                     layers.append(CrossAttentionLayer(block_name, block_id, index, downscale))
 
     for block_id, block in enumerate(unet.input_blocks):
@@ -99,7 +104,9 @@ def cross_attention_layers(model_patcher) -> list[CrossAttentionLayer]:
         if any(isinstance(m, Upsample) for m in block):
             downscale //= 2
     if not layers:
-        raise UnsupportedModelError("this MODEL has no text cross-attention layers; connect a text-to-image model")
+        raise UnsupportedModelError(
+            "this MODEL has no text cross-attention layers; connect a text-to-image model"
+        )
     return layers
 
 
@@ -155,6 +162,42 @@ class ComfyDenoiser:
         return comfy.samplers.calc_cond_batch(self.model, [cond], x, sigma, options)[0]
 
 
+GUIDANCE_WRAPPER_KEY = "spatial_control_latent_guidance"
+
+
+class LatentGuidanceWrapper:
+    """PREDICT_NOISE wrapper that lets ``guide`` move the latent before each model evaluation.
+
+    ``guide(denoiser, x, sigma, cond, sample_sigmas)`` returns the updated latent (or None to leave
+    it). The update is written into the sampler's own latent tensor, so first-order samplers
+    (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as backward guidance requires;
+    the model then predicts for the moved latent. Holds no per-run state.
+    """
+
+    def __init__(self, guide):
+        self.guide = guide
+
+    def __call__(self, executor, x, timestep, model_options, seed):
+        guider = executor.class_obj
+        positive = guider.conds.get("positive")
+        sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        if positive:
+            denoiser = ComfyDenoiser(guider.inner_model, model_options)
+            moved = self.guide(denoiser, x, timestep, positive, sample_sigmas)
+            if moved is not None:
+                x.copy_(moved.to(x.dtype))
+        return executor(x, timestep, model_options, seed)
+
+
+def with_latent_guidance(model_patcher, guide):
+    """``model_patcher.clone()`` whose sampling runs ``guide`` before every model evaluation."""
+    m = model_patcher.clone()
+    m.add_wrapper_with_key(
+        comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_WRAPPER_KEY, LatentGuidanceWrapper(guide)
+    )
+    return m
+
+
 @contextmanager
 def loaded_denoiser(model_patcher, conditioning, latent_shape, seed: int = 0):
     """For use outside a sampler: load the MODEL, process CONDITIONING for a latent of
@@ -180,7 +223,9 @@ def _clip_tokenizer(clip):
     tokenizer = getattr(clip, "tokenizer", None)
     for key in ("l", "g"):
         sd_tokenizer = getattr(tokenizer, f"clip_{key}", None)
-        if sd_tokenizer is not None and hasattr(getattr(sd_tokenizer, "tokenizer", None), "convert_tokens_to_ids"):
+        if sd_tokenizer is not None and hasattr(
+            getattr(sd_tokenizer, "tokenizer", None), "convert_tokens_to_ids"
+        ):
             return key, sd_tokenizer
     raise UnknownTokenizerError(
         f"the connected CLIP ({type(tokenizer).__name__}) has no CLIP-BPE tokenizer (clip_l / clip_g); "
@@ -201,6 +246,7 @@ def locate_phrases(clip, prompt: str, phrases: list[str]) -> dict[str, list[int]
             positions[phrase] = find_token_positions(chunks, ids)
         except PhraseNotFoundError as err:
             raise PhraseNotFoundError(
-                f"phrase {phrase!r} is not in the prompt {prompt!r} ({err}); write it in the prompt or change the phrase"
+                f"phrase {phrase!r} is not in the prompt {prompt!r} ({err}); "
+                "write it in the prompt or change the phrase"
             ) from None
     return positions

@@ -1,0 +1,128 @@
+"""The ComfyUI backend on a random-weight SD1.5-shaped checkpoint loaded by the stock loader."""
+
+import pytest
+import torch
+from spatial_control.guidance.attention_store import AttentionStore, select_layers
+from spatial_control.guidance.errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
+from spatial_control.guidance.latent_gradient import energy_gradient, gradients_enabled
+
+pytestmark = pytest.mark.comfyui
+
+
+def _encode(clip, text):
+    return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+
+def test_layers_of_an_sd15_shaped_unet(sd15):
+    from spatial_control.guidance.backends.comfy import cross_attention_layers
+
+    model, _, _ = sd15
+    layers = cross_attention_layers(model)
+    assert [layer.name for layer in layers] == ["input_1.0", "middle_0.0", "output_0.0", "output_1.0"]
+    assert {layer.downscale for layer in layers} == {1}
+
+
+def test_phrases_are_located_through_the_clip_tokenizer(sd15):
+    from spatial_control.guidance.backends.comfy import locate_phrases
+
+    _, clip, _ = sd15
+    prompt = "a photo of a (red circle:1.2) left of a blue square"
+    positions = locate_phrases(clip, prompt, ["red circle", "blue square", "square"])
+    assert positions["red circle"] == [5, 6]  # start token, a, photo, of, a, red, circle
+    assert positions["blue square"] == [10, 11]
+    assert positions["square"] == [11]
+    with pytest.raises(PhraseNotFoundError, match="'green triangle' is not in the prompt"):
+        locate_phrases(clip, prompt, ["green triangle"])
+
+
+def test_latent_gradient_through_a_stock_loaded_model_in_inference_mode(sd15):
+    from spatial_control.guidance.backends.comfy import (
+        cross_attention_layers,
+        install_attention_capture,
+        loaded_denoiser,
+    )
+
+    model, clip, _ = sd15
+    layers = cross_attention_layers(model)
+    patched = install_attention_capture(model, layers)
+    x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 5
+
+    def energy(store, denoised):
+        return store.maps()[:, 2, :4].sum()
+
+    with torch.inference_mode():
+        positive = _encode(clip, "a red circle")
+        with loaded_denoiser(patched, positive, x.shape) as (denoiser, cond):
+            value, grad, denoised = energy_gradient(denoiser, x, torch.tensor([5.0]), cond, layers, energy)
+            with gradients_enabled():
+                store = AttentionStore(select_layers(layers, "coarse"))
+                denoiser.denoise(x.clone(), torch.tensor([5.0]), cond, store)
+    assert grad.shape == x.shape and torch.isfinite(grad).all() and grad.abs().sum() > 0
+    assert not grad.is_inference()
+    assert denoised.shape == x.shape
+    assert [layer.name for layer in store.layers] == ["middle_0.0", "output_0.0", "output_1.0"]
+    assert store.maps().shape == (2, 77, 8, 8)
+    # each position's distribution over the 77 tokens sums to one
+    assert torch.allclose(store.maps().sum(1), torch.ones(2, 8, 8), atol=1e-4)
+
+
+def test_capture_wraps_an_existing_attn2_patch_and_keeps_its_output(sd15):
+    from spatial_control.guidance.backends.comfy import (
+        CaptureCrossAttention,
+        cross_attention_layers,
+        install_attention_capture,
+        loaded_denoiser,
+    )
+
+    model, clip, _ = sd15
+    calls = []
+
+    def zero_attention(q, k, v, extra_options):  # another pack's patch on the same slot
+        calls.append(extra_options["block"])
+        return torch.zeros_like(q)
+
+    other = model.clone()
+    other.set_model_attn2_replace(zero_attention, "middle", 0)
+    layers = cross_attention_layers(other)
+    patched = install_attention_capture(other, layers)
+    slot = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)]
+    assert isinstance(slot, CaptureCrossAttention) and slot.inner is zero_attention
+    # installing twice does not stack a second capture (clone() deep-copies the patch object)
+    again = install_attention_capture(patched, layers)
+    again_slot = again.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)]
+    assert isinstance(again_slot, CaptureCrossAttention) and again_slot.inner is zero_attention
+    x = torch.randn(1, 4, 8, 8)
+    with torch.inference_mode():
+        positive = _encode(clip, "a red circle")
+        with loaded_denoiser(patched, positive, x.shape) as (denoiser, cond), gradients_enabled():
+            store = AttentionStore(layers)
+            out_patched = denoiser.denoise(x, torch.tensor([2.0]), cond, store)
+        with loaded_denoiser(other, positive, x.shape) as (denoiser, cond):
+            out_other = denoiser.denoise(x, torch.tensor([2.0]), cond)
+    assert ("middle", 0) in calls
+    assert len(store.layers) == 4
+    assert torch.allclose(out_patched, out_other, atol=1e-5)
+    # the original MODEL was not touched by either clone
+    assert "patches_replace" not in model.model_options.get("transformer_options", {})
+
+
+def test_clear_errors_for_unusable_models_and_tokenizers(sd15):
+    from spatial_control.guidance.backends.comfy import cross_attention_layers, locate_phrases
+
+    model, clip, vae = sd15
+    with pytest.raises(UnsupportedModelError, match="expected a diffusion MODEL"):
+        cross_attention_layers(vae)
+
+    class FakeDiT(torch.nn.Module):
+        pass
+
+    dit = model.clone()
+    dit.model = type("M", (), {"diffusion_model": FakeDiT(), "model_config": model.model.model_config})()
+    with pytest.raises(UnsupportedModelError, match="FakeDiT architecture is not supported"):
+        cross_attention_layers(dit)
+
+    class T5Like:
+        tokenizer = object()
+
+    with pytest.raises(UnknownTokenizerError, match="no CLIP-BPE tokenizer"):
+        locate_phrases(T5Like(), "a red circle", ["red circle"])
