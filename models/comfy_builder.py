@@ -133,3 +133,126 @@ def build_comfy_model(
     return comfy.model_patcher.ModelPatcher(
         model, load_device=load_device, offload_device=comfy.model_management.unet_offload_device()
     )
+
+
+def build_comfy_clip(
+    text_state_dict: Mapping[str, torch.Tensor], json_config: dict, embedding_directory=None
+):
+    """A ComfyUI CLIP (SD1 classes: SD1Tokenizer with the bundled CLIP BPE files, SD1ClipModel) for a
+    small CLIP text transformer; ``text_state_dict`` has transformers keys with ``text_model.``."""
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models_base
+
+    hidden = json_config["hidden_size"]
+
+    class SmallTokenizer(comfy.sd1_clip.SD1Tokenizer):
+        def __init__(self, embedding_directory=None, tokenizer_data={}):  # noqa: B006 (ComfyUI's signature)
+            super().__init__(
+                embedding_directory=embedding_directory,
+                tokenizer_data=tokenizer_data,
+                tokenizer=lambda **kw: comfy.sd1_clip.SDTokenizer(embedding_size=hidden, **kw),
+            )
+
+    class SmallClipModel(comfy.sd1_clip.SD1ClipModel):
+        def __init__(self, device="cpu", dtype=None, model_options={}, **kwargs):  # noqa: B006
+            super().__init__(
+                device=device,
+                dtype=dtype,
+                model_options=model_options,
+                clip_model=comfy.sd1_clip.SDClipModel,
+                textmodel_json_config=dict(json_config),
+                **kwargs,
+            )
+
+    target = comfy.supported_models_base.ClipTarget(SmallTokenizer, SmallClipModel)
+    clip = comfy.sd.CLIP(
+        target=target,
+        embedding_directory=embedding_directory,
+        model_options={"dtype": torch.float32},  # ComfyUI's CPU default (fp16) is 2e-3 off
+    )
+    state = {f"clip_l.transformer.{k}": v for k, v in text_state_dict.items()}
+    # SD1 uses the hidden states, not the projected pooled output: identity projection, CLIP's scale
+    state.setdefault("clip_l.transformer.text_projection.weight", torch.eye(hidden))
+    state.setdefault("clip_l.logit_scale", torch.tensor(4.6052))
+    missing, unexpected = clip.load_sd(state, full_model=True)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(
+            f"text encoder weights do not fit: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return clip
+
+
+# A placeholder config for ComfyUI's VAE constructor; the first stage is replaced right after.
+_PLACEHOLDER_DDCONFIG = {
+    "double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+    "ch_mult": [1], "num_res_blocks": 0, "attn_resolutions": [], "dropout": 0.0,
+}  # fmt: skip
+
+
+def build_comfy_vae(autoencoder: torch.nn.Module, downscale: int = 8, latent_channels: int = 4):
+    """A ComfyUI VAE whose first stage is ``autoencoder`` (``encode``/``decode`` on [-1, 1] images):
+    stock VAEEncode/VAEDecode (tiled too) and latent nodes work with it."""
+    import logging
+
+    import comfy.model_management
+    import comfy.sd
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the placeholder's empty state dict is reported as missing keys
+    try:
+        vae = comfy.sd.VAE(
+            sd={}, config={"params": {"embed_dim": latent_channels, "ddconfig": _PLACEHOLDER_DDCONFIG}}
+        )
+    finally:
+        root.setLevel(level)
+    vae.first_stage_model = autoencoder.eval().requires_grad_(False).to(vae.vae_dtype)
+    vae.patcher = comfy.model_patcher.ModelPatcher(
+        vae.first_stage_model,
+        load_device=vae.device,
+        offload_device=comfy.model_management.vae_offload_device(),
+    )
+    vae.downscale_ratio = vae.upscale_ratio = downscale
+    vae.latent_channels = latent_channels
+    params = sum(p.numel() for p in autoencoder.parameters())
+    # activation memory per output pixel, generous for a small convnet
+    vae.memory_used_encode = lambda shape, dtype: (
+        64 * shape[2] * shape[3] * comfy.model_management.dtype_size(dtype)
+    )
+    vae.memory_used_decode = lambda shape, dtype: (
+        64 * shape[2] * shape[3] * downscale**2 * comfy.model_management.dtype_size(dtype) + params * 4
+    )
+    return vae
+
+
+def load_demo_model(weights_dir, embedding_directory=None):
+    """(MODEL, CLIP, VAE) of the shape-world demo model from its weights folder."""
+    from pathlib import Path
+
+    from .autoencoder import load_autoencoder
+    from .demo_model import (
+        AUTOENCODER_FILE,
+        TEXT_ENCODER_FILE,
+        UNET_FILE,
+        load_demo_text_encoder_state,
+        read_weights,
+    )
+
+    weights_dir = Path(weights_dir)
+    unet_state, unet_meta = read_weights(weights_dir / UNET_FILE)
+    text_state, text_config = load_demo_text_encoder_state(weights_dir / TEXT_ENCODER_FILE)
+    _, ae_meta = read_weights(weights_dir / AUTOENCODER_FILE)
+    autoencoder = load_autoencoder(weights_dir / AUTOENCODER_FILE)
+    latent = ae_meta.get("latent", {})
+    latent_format = make_latent_format(
+        scale_factor=1.0 / float(latent["std"]),
+        channels=autoencoder.config.latent_channels,
+        rgb_factors=latent.get("rgb_factors"),
+        rgb_bias=latent.get("rgb_bias"),
+    )
+    model = build_comfy_model(unet_state, unet_meta["config"], prediction="v", latent_format=latent_format)
+    clip = build_comfy_clip(text_state, text_config.json_config(), embedding_directory)
+    vae = build_comfy_vae(autoencoder, downscale=autoencoder.config.downscale_factor)
+    return model, clip, vae

@@ -4,9 +4,11 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .attention_maps import CrossAttentionMaps
+from .demo_model import ShapeWorldDemoModel
 
 NODES: list[type[io.ComfyNode]] = [
     CrossAttentionMaps,
+    ShapeWorldDemoModel,
 ]
 
 

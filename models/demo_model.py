@@ -1,0 +1,107 @@
+"""The shape-world demo model's files: UNet, text encoder and autoencoder weights with their configs.
+
+Each weights file ``x.safetensors`` (fp16) has ``x.json`` beside it with its config and the record
+of the training that produced it. A missing or corrupt file raises an error that names the file
+and the script that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from .text_encoder import VOCAB_SIZE, TextEncoderConfig
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+AUTOENCODER_FILE = "shape_autoencoder.safetensors"
+UNET_FILE = "demo_unet.safetensors"
+TEXT_ENCODER_FILE = "demo_text_encoder.safetensors"
+DEMO_TEXT_CONFIG = TextEncoderConfig()
+REBUILD = {
+    AUTOENCODER_FILE: "python -m scripts.train_autoencoder",
+    UNET_FILE: "python -m scripts.train_demo_model",
+    TEXT_ENCODER_FILE: "python -m scripts.train_demo_model",
+}
+ROWS_KEY = "token_embedding_rows"
+EMBEDDING_KEY = "text_model.embeddings.token_embedding.weight"
+
+
+def _meta_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def _problem(path: Path, problem: str) -> str:
+    script = REBUILD.get(path.name.replace(".json", ".safetensors"), "the training scripts")
+    return f"demo model file {path} {problem}; rebuild it with `{script}`"
+
+
+def _write(state: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {
+        k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+        for k, v in state.items()
+    }
+    save_file(state, str(path))
+    _meta_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
+    """(float32 state dict, meta) of a weights file, or a clear error naming the rebuild script."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    for p in (path, _meta_path(path)):
+        if not p.is_file():
+            raise FileNotFoundError(_problem(p, "is missing"))
+    try:
+        meta = json.loads(_meta_path(path).read_text())
+    except ValueError as err:
+        raise ValueError(_problem(_meta_path(path), f"is corrupt ({err})")) from None
+    try:
+        state = load_file(str(path))
+    except Exception as err:  # safetensors has its own error types for truncated or garbage files
+        raise ValueError(_problem(path, f"is corrupt ({err})")) from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta
+
+
+def autoencoder_latent_scale(path: Path) -> float:
+    """The latent scale factor (1 / std of the autoencoder's latents on held-out scenes)."""
+    _, meta = read_weights(path)
+    try:
+        return 1.0 / float(meta["latent"]["std"])
+    except (KeyError, TypeError, ZeroDivisionError):
+        raise ValueError(_problem(Path(path), "has no latent statistics")) from None
+
+
+def save_demo_unet(unet, path: Path, record: dict) -> None:
+    _write(unet.state_dict(), Path(path), {"config": dict(unet.config), "training": record})
+
+
+def save_demo_text_encoder(text_encoder, path: Path, keep_token_ids: list[int], record: dict) -> None:
+    """Saved with only the embedding rows of ``keep_token_ids`` (the words it was trained on): the
+    other 49k rows were never trained, and zero rows load for them."""
+    state = {
+        k if k.startswith("text_model.") else f"text_model.{k}": v
+        for k, v in text_encoder.state_dict().items()
+    }
+    state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    rows = torch.tensor(sorted(keep_token_ids), dtype=torch.long)
+    state[EMBEDDING_KEY] = state[EMBEDDING_KEY][rows]
+    state[ROWS_KEY] = rows
+    config = {k: getattr(DEMO_TEXT_CONFIG, k) for k in DEMO_TEXT_CONFIG.__dataclass_fields__}
+    _write(state, Path(path), {"config": config, "training": record})
+
+
+def load_demo_text_encoder_state(path: Path) -> tuple[dict[str, torch.Tensor], TextEncoderConfig]:
+    """Full ``text_model.*`` state dict (zero rows for untrained tokens) and its config."""
+    state, meta = read_weights(path)
+    config = TextEncoderConfig(**meta["config"])
+    rows = state.pop(ROWS_KEY)
+    full = torch.zeros(VOCAB_SIZE, config.hidden_size)
+    full[rows] = state[EMBEDDING_KEY]
+    state[EMBEDDING_KEY] = full
+    return state, config

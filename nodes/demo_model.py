@@ -1,0 +1,53 @@
+"""ShapeWorldDemoModel: the pack's small text-to-image model of the shape world, as MODEL/CLIP/VAE.
+
+Built from ComfyUI's own classes, so every stock node (CLIPTextEncode, KSampler, VAEDecode,
+latent nodes, embeddings, attention patches, live previews) treats it like an SD1.5 checkpoint.
+It knows colours (red, orange, yellow, green, blue, purple), shapes (circle, square, triangle,
+cross) and sizes (small, large) in captions like "a large red circle and a small blue square";
+other words still run but mean nothing to it.
+"""
+
+from __future__ import annotations
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..guidance.errors import NodeInputError
+from ..models.comfy_builder import load_demo_model
+from ..models.demo_model import WEIGHTS_DIR
+
+NODE = "ShapeWorldDemoModel"
+
+
+class ShapeWorldDemoModel(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="Shape World Demo Model",
+            category="spatial_control/loaders",
+            description="Loads the pack's small demo text-to-image model (128x128 scenes of coloured "
+            "shapes). "
+            "Use it to try every node of the pack without downloading a checkpoint; real checkpoints from "
+            "the stock loaders connect to the same nodes.",
+            inputs=[],
+            outputs=[
+                io.Model.Output(
+                    display_name="MODEL", tooltip="The UNet, as an SD1.5-like MODEL (v-prediction)."
+                ),
+                io.Clip.Output(
+                    display_name="CLIP", tooltip="Its small CLIP text encoder (CLIP BPE tokenizer)."
+                ),
+                io.Vae.Output(
+                    display_name="VAE", tooltip="Its autoencoder (8x downscale, 4 latent channels)."
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(cls) -> io.NodeOutput:
+        try:
+            model, clip, vae = load_demo_model(WEIGHTS_DIR, folder_paths.get_folder_paths("embeddings"))
+        except (FileNotFoundError, ValueError) as err:
+            raise NodeInputError(NODE, "weights", str(err)) from None
+        return io.NodeOutput(model, clip, vae)

@@ -1,0 +1,215 @@
+"""Train the shape-world demo model's UNet and text encoder (the autoencoder is trained before).
+
+    python -m scripts.train_demo_model --minutes 60          # CPU, resumes where it stopped
+    python -m scripts.train_demo_model --device cuda --workers 8 --minutes 20
+
+Recipe (chosen for convergence per CPU-second, see docs/demo_model.md): scenes of 1-4 objects
+generated on the fly from the train split and encoded by the frozen autoencoder; captions dropped
+10% of the time (for classifier-free guidance with the empty prompt); v-prediction on SD's noise
+schedule with min-SNR-5 weighting; AdamW with warm-up and cosine decay; EMA of the weights, which
+is what gets exported. Checkpoints (model, EMA, optimiser, step) go to the cache every few
+minutes; at the end the EMA weights are exported as fp16 safetensors into ``models/weights/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from spatial_control.models.autoencoder import load_autoencoder
+from spatial_control.models.demo_model import (
+    AUTOENCODER_FILE,
+    DEMO_TEXT_CONFIG,
+    TEXT_ENCODER_FILE,
+    UNET_FILE,
+    autoencoder_latent_scale,
+    save_demo_text_encoder,
+    save_demo_unet,
+)
+from spatial_control.models.demo_unet import DEMO_UNET_CONFIG, build_demo_unet
+from spatial_control.models.text_encoder import build_text_encoder, load_clip_tokenizer, tokenize
+
+from benchmarks.shape_world.generator import split_scene
+from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES, SIZE_WORDS
+from scripts.comfy_headless import PACK_ROOT, cache_dir, find_comfyui
+
+OBJECT_COUNT_PROBS = (0.3, 0.3, 0.2, 0.2)  # 1, 2, 3, 4 objects
+TEXTURED_SHARE = 0.1
+CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
+VOCABULARY_WORDS = (*COLOUR_NAMES, *SHAPES, *SIZE_WORDS, "a", "and", ",")
+
+
+def alphas_cumprod(steps: int = 1000) -> torch.Tensor:
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, steps, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+class SceneBatches(torch.utils.data.IterableDataset):
+    """Batches ``(images [B,3,128,128] in [-1,1], captions)`` of the train split from ``first_index``."""
+
+    def __init__(self, batch: int, first_index: int, seed: int = 0):
+        self.batch, self.first_index, self.seed = batch, first_index, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        k = worker
+        while True:
+            start = self.first_index + k * self.batch
+            rng = np.random.default_rng([self.seed, start])
+            images, captions = [], []
+            for index in range(start, start + self.batch):
+                n = int(rng.choice(4, p=OBJECT_COUNT_PROBS)) + 1
+                background = (
+                    str(rng.choice(["noise", "gradient"])) if rng.random() < TEXTURED_SHARE else "plain"
+                )
+                scene = split_scene("train", index, n_objects=n, background=background)
+                images.append(scene.image)
+                captions.append("" if rng.random() < CAPTION_DROPOUT else scene.caption)
+            pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            yield pixels, captions
+            k += workers
+
+
+def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+    parser.add_argument("--workers", type=int, default=0, help="data-generating processes (use on GPU)")
+    parser.add_argument("--minutes", type=float, default=60.0, help="stop after this much wall time")
+    parser.add_argument("--total-steps", type=int, default=6000, help="length of the LR schedule")
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--ema", type=float, default=0.999)
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
+    parser.add_argument("--log-every", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=PACK_ROOT / "models" / "weights")
+    parser.add_argument("--workdir", type=Path, default=cache_dir() / "train" / "demo_model")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = args.workdir / "checkpoint.pt"
+
+    autoencoder = load_autoencoder(args.out / AUTOENCODER_FILE).to(device).eval().requires_grad_(False)
+    latent_scale = autoencoder_latent_scale(args.out / AUTOENCODER_FILE)
+    tokenizer = load_clip_tokenizer(find_comfyui() / "comfy" / "sd1_tokenizer")
+    unet = build_demo_unet(DEMO_UNET_CONFIG, seed=args.seed).to(device, memory_format=torch.channels_last)
+    text_encoder = build_text_encoder(DEMO_TEXT_CONFIG, seed=args.seed + 1).to(device)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
+    ema_unet, ema_text = (
+        copy.deepcopy(unet).requires_grad_(False),
+        copy.deepcopy(text_encoder).requires_grad_(False),
+    )
+    step, samples, cpu_seconds = 0, 0, 0.0
+    if ckpt_path.is_file():
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.load_state_dict(state["ema_unet"])
+        ema_text.load_state_dict(state["ema_text"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, samples, cpu_seconds = state["step"], state["samples"], state["cpu_seconds"]
+        print(f"resumed at step {step} ({samples} samples, {cpu_seconds / 60:.1f} CPU-minutes)", flush=True)
+
+    def save_checkpoint() -> None:
+        state = {
+            "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+            "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+            "optimizer": optimizer.state_dict(), "step": step, "samples": samples,
+            "cpu_seconds": cpu_seconds, "args": {k: str(v) for k, v in vars(args).items()},
+        }  # fmt: skip
+        torch.save(state, ckpt_path.with_suffix(".tmp"))
+        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+
+    acp = alphas_cumprod().to(device)
+    data = torch.utils.data.DataLoader(
+        SceneBatches(args.batch, first_index=samples, seed=args.seed),
+        batch_size=None,
+        num_workers=args.workers,
+    )
+    start = last_ckpt = last_log = time.time()
+    cpu_start = time.process_time()
+    running = []
+    for pixels, captions in data:
+        lr = cosine_lr(step, args.lr, warmup=200, total=args.total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with torch.no_grad():
+            z = autoencoder.encode(pixels.to(device)) * latent_scale
+        ids = tokenize(tokenizer, captions).to(device)
+        t = torch.randint(0, len(acp), (z.shape[0],), device=device)
+        a = acp[t].reshape(-1, 1, 1, 1)
+        noise = torch.randn_like(z)
+        x_t = (a.sqrt() * z + (1 - a).sqrt() * noise).contiguous(memory_format=torch.channels_last)
+        target = a.sqrt() * noise - (1 - a).sqrt() * z
+        snr = a / (1 - a)
+        weight = snr.clamp(max=MIN_SNR_GAMMA) / (snr + 1)
+        context = text_encoder(ids).last_hidden_state
+        prediction = unet(x_t, t, context).sample
+        loss = (weight * (prediction.float() - target) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
+                for p, e in zip(model.parameters(), ema.parameters(), strict=True):
+                    e.lerp_(p, 1 - decay)
+        step += 1
+        samples += z.shape[0]
+        running.append(loss.item())
+        now = time.time()
+        if step % args.log_every == 0:
+            rate = args.log_every * args.batch / (now - last_log)
+            last_log = now
+            print(
+                f"step {step} loss {np.mean(running):.4f} lr {lr:.2e} {rate:.1f} samples/s "
+                f"cpu-min {(cpu_seconds + time.process_time() - cpu_start) / 60:.1f}",
+                flush=True,
+            )
+            running = []
+        done = now - start >= args.minutes * 60
+        if done or now - last_ckpt >= args.checkpoint_minutes * 60:
+            cpu_seconds += time.process_time() - cpu_start
+            cpu_start = time.process_time()
+            save_checkpoint()
+            last_ckpt = now
+        if done:
+            break
+
+    record = {
+        "steps": step, "samples": samples, "cpu_minutes": round(cpu_seconds / 60, 1), "batch": args.batch,
+        "lr": args.lr, "ema": args.ema, "prediction": "v", "min_snr_gamma": MIN_SNR_GAMMA,
+        "caption_dropout": CAPTION_DROPOUT, "object_count_probs": OBJECT_COUNT_PROBS, "threads": args.threads,
+    }  # fmt: skip
+    save_demo_unet(ema_unet, args.out / UNET_FILE, record)
+    keep = sorted(set(tokenize(tokenizer, [" ".join(VOCABULARY_WORDS)]).flatten().tolist()))
+    save_demo_text_encoder(ema_text, args.out / TEXT_ENCODER_FILE, keep, record)
+    print(
+        f"exported {args.out / UNET_FILE} and {args.out / TEXT_ENCODER_FILE}: {json.dumps(record)}",
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()
