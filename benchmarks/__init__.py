@@ -1,0 +1,1 @@
+"""Benchmarks of the node pack (procedural data and metrics; no ComfyUI imports)."""

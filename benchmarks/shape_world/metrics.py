@@ -6,6 +6,7 @@ exclusive ends (see ``generator``). Functions that detect objects also accept a 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,16 +20,17 @@ from .vocabulary import CANVAS, COLOUR_NAMES, PALETTE, SHAPES, parse_phrase
 
 _CHROMA = PALETTE.astype(np.float64) - PALETTE.mean(axis=1, keepdims=True)
 _CHROMA_NORM = np.linalg.norm(_CHROMA, axis=1)
-# Template rotations searched per shape (degrees; each range is one symmetry period).
-_ANGLES = {
-    "circle": np.zeros(1),
-    "square": np.arange(0.0, 90.0, 5.0),
-    "triangle": np.arange(0.0, 120.0, 5.0),
-    "cross": np.arange(0.0, 90.0, 5.0),
-}
+# Rotational symmetry used to find each shape's orientation, and the phase (degrees) of that angular
+# moment at rotation 0: square corners and the triangle's vertices give -1 and +i, cross arms +1.
+_FOLD = {"square": 4, "triangle": 3, "cross": 4}
+_PHASE0 = {"square": 180.0, "triangle": 90.0, "cross": 0.0}
 # Extent of a shape with unit area.
-_UNIT_EXTENT = {"circle": 2 / math.sqrt(math.pi), "square": 1.0, "triangle": math.sqrt(4 / math.sqrt(3)),
-                "cross": math.sqrt(9 / 5)}
+_UNIT_EXTENT = {
+    "circle": 2 / math.sqrt(math.pi),
+    "square": 1.0,
+    "triangle": math.sqrt(4 / math.sqrt(3)),
+    "cross": math.sqrt(9 / 5),
+}
 # Second moment about the centroid (E[x^2 + y^2]) of a unit-area shape.
 _TRACE = {"circle": 1 / (2 * math.pi), "square": 1 / 6, "triangle": 1 / (3 * math.sqrt(3)), "cross": 29 / 150}
 # Largest distance from the centroid to the outline, per unit extent.
@@ -52,8 +54,8 @@ def _as_float255(image) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ detection
 @dataclass(frozen=True, eq=False)
 class Detection:
-    """A detected object: palette colour, shape, mask, tight box, area (pixels) and shape score (IoU
-    with the best template)."""
+    """A detected object: palette colour, shape, mask, tight box, area (pixels) and shape score (soft IoU
+    with the best template, see :func:`shape_scores`)."""
 
     colour: str
     shape: str
@@ -69,51 +71,62 @@ class Detection:
 
 def _pixel_colours(image, max_angle: float):
     """Per pixel: nearest palette colour by chroma direction, its coverage estimate, angle within bound."""
-    img = _as_float255(image)
+    img = _as_float255(image).astype(np.float32)
     q = img - img.mean(axis=-1, keepdims=True)
-    proj = q @ _CHROMA.T
-    cos = proj / (np.linalg.norm(q, axis=-1, keepdims=True) * _CHROMA_NORM + 1e-9)
-    best = cos.argmax(axis=-1)
-    alpha = np.take_along_axis(proj, best[..., None], axis=-1)[..., 0] / _CHROMA_NORM[best] ** 2
-    close = np.take_along_axis(cos, best[..., None], axis=-1)[..., 0] >= math.cos(math.radians(max_angle))
+    proj = q @ (_CHROMA / _CHROMA_NORM[:, None]).T.astype(np.float32)
+    best = proj.argmax(axis=-1)
+    along = np.take_along_axis(proj, best[..., None], axis=-1)[..., 0]
+    alpha = along / _CHROMA_NORM[best].astype(np.float32)
+    close = along >= math.cos(math.radians(max_angle)) * np.sqrt((q * q).sum(axis=-1))
     return best, alpha, close
 
 
-def classify_pixels(image, min_coverage: float = 0.5, max_angle: float = 30.0) -> tuple[np.ndarray, np.ndarray]:
+def classify_pixels(image, min_coverage: float = 0.5, max_angle: float = 30.0):
     """Per-pixel palette colour index (-1 for background) and estimated coverage.
 
     A pixel's chroma is its RGB minus its grey level (channel mean). A palette colour blended with
     coverage ``c`` over a neutral background has chroma exactly ``c`` times the colour's chroma ``k``, so
     the pixel gets the colour whose chroma direction is nearest (largest cosine), its coverage estimate is
     ``alpha = <chroma, k> / |k|^2``, and it is foreground iff ``alpha >= min_coverage`` and the angle to
-    ``k`` is at most ``max_angle`` degrees. On clean renders over a neutral background this reproduces the
-    generator's masks (coverage >= 0.5) up to uint8 rounding; it is insensitive to blur and to textured
-    neutral backgrounds. Returns ``(labels int HxW, alpha float HxW)``.
+    ``k`` is at most ``max_angle`` degrees. On clean renders (plain or textured background) this
+    reproduces the generator's masks (coverage >= 0.5) exactly. Raw RGB distance is not used because a
+    blended edge pixel of one colour can be nearer to another (yellow edges to orange); chroma direction
+    is unchanged by blending with grey, by blur and by resampling. Returns ``(labels int HxW, alpha)``.
     """
     best, alpha, close = _pixel_colours(image, max_angle)
     return np.where((alpha >= min_coverage) & close, best, -1), alpha
 
 
+@functools.lru_cache(maxsize=64)
+def _freq2(n: int) -> np.ndarray:
+    """Squared spatial frequencies of an ``n x n`` grid in rfft2 layout."""
+    return (sfft.fftfreq(n)[:, None] ** 2 + sfft.rfftfreq(n)[None, :] ** 2).astype(np.float32)
+
+
 def _gaussian_transfer(n: int, sigma: float) -> np.ndarray:
-    fy = sfft.fftfreq(n)[:, None]
-    fx = sfft.rfftfreq(n)[None, :]
-    return np.exp(-2.0 * (math.pi * sigma) ** 2 * (fy * fy + fx * fx)).astype(np.float32)
+    return np.exp(np.float32(-2.0 * (math.pi * sigma) ** 2) * _freq2(n))
 
 
 def _soft_iou(obs: np.ndarray, templates: np.ndarray) -> np.ndarray:
     return np.minimum(obs, templates).sum(axis=(-2, -1)) / np.maximum(obs, templates).sum(axis=(-2, -1))
 
 
+def _harmonic(a: np.ndarray, dx: np.ndarray, dy: np.ndarray, k: int) -> complex:
+    """``sum(a * (dx + i dy)^k)``: the k-fold angular moment about the centroid."""
+    return complex((a * (dx + 1j * dy) ** k).sum())
+
+
 def shape_scores(mask: np.ndarray, alpha: np.ndarray | None = None, floor: float = 0.1) -> dict[str, float]:
     """Fit of each shape to an object: best soft IoU ``sum(min(a, t)) / sum(max(a, t))`` over templates.
 
     ``a`` is ``alpha`` (the object's soft coverage map, HxW, values below ``floor`` set to 0) or the
-    binary ``mask``. Templates are analysis by synthesis: each shape with ``a``'s mass as area, ``a``'s
-    centroid, rotations in 5-degree steps over its symmetry period, rasterised on pixel centres, blurred
-    by a Gaussian whose sigma makes the template's second moment match ``a``'s (at least 0.4 px, the
-    pixel's own anti-aliasing; refined over a few multiples at the best rotation), then floored like ``a``.
-    Blur, area-averaging and bilinear resampling (symmetric kernels) preserve mass and centroid and add
-    to the second moment, which is what makes the fit robust to them.
+    binary ``mask``. Templates are analysis by synthesis: each shape with ``a``'s mass as area and ``a``'s
+    centroid, rasterised on pixel centres, blurred by a Gaussian whose sigma makes the template's second
+    moment match ``a``'s (at least 0.4 px, the pixel's own anti-aliasing; also tried at 0.7x and 1.4x),
+    then floored like ``a``. Rotations: the phase of ``a``'s k-fold angular moment (k = 4 for squares and
+    crosses, 3 for triangles) gives the orientation; it and offsets of +-4 and +-8 degrees are tried.
+    Isotropic blur preserves mass, centroid and these angular moments and only adds to the second moment,
+    which is what makes the fit robust to it (and, approximately, to area-averaging and resampling).
     """
     a = np.asarray(mask, np.float32) if alpha is None else np.clip(np.asarray(alpha, np.float32), 0, 1)
     a = np.where(a >= floor, a, 0).astype(np.float32)
@@ -131,29 +144,32 @@ def shape_scores(mask: np.ndarray, alpha: np.ndarray | None = None, floor: float
     obs = np.zeros((n, n), np.float32)
     r0, r1, c0, c1 = max(oy, 0), min(oy + n, a.shape[0]), max(ox, 0), min(ox + n, a.shape[1])
     obs[r0 - oy : r1 - oy, c0 - ox : c1 - ox] = a[r0:r1, c0:c1]
-    dy = (np.arange(oy, oy + n, dtype=np.float32) + 0.5 - cy)[None, :, None]
-    dx = (np.arange(ox, ox + n, dtype=np.float32) + 0.5 - cx)[None, None, :]
+    dy = (np.arange(oy, oy + n, dtype=np.float32) + 0.5 - cy)[:, None]
+    dx = (np.arange(ox, ox + n, dtype=np.float32) + 0.5 - cx)[None, :]
+    phases = {k: math.degrees(np.angle(_harmonic(obs, dx, dy, k))) for k in (3, 4)}
     scores = {}
     for shape in SHAPES:
         extent = _UNIT_EXTENT[shape] * math.sqrt(mass)
-        rad = np.radians(_ANGLES[shape]).astype(np.float32)[:, None, None]
+        if shape == "circle":
+            angles = np.zeros(1)
+        else:
+            k = _FOLD[shape]
+            angles = -(phases[k] - _PHASE0[shape]) / k + np.array([0.0, -4.0, 4.0, -8.0, 8.0])
+        rad = np.radians(angles).astype(np.float32)[:, None, None]
         c, s = np.cos(rad), np.sin(rad)
         u, v = c * dx - s * dy, s * dx + c * dy + CENTROID_OFFSET[shape] * extent
         spectra = sfft.rfft2(shape_inside(shape, u, v, extent).astype(np.float32))
         best_score, best_k = -1.0, 0
         for factor in (1.0, 0.7, 1.4):
-            if factor == 1.0:
-                blurred = sfft.irfft2(spectra * _gaussian_transfer(n, sigmas[shape]), s=(n, n))
-            else:
-                sigma = max(0.4, factor * sigmas[shape])
-                blurred = sfft.irfft2(spectra[best_k : best_k + 1] * _gaussian_transfer(n, sigma), s=(n, n))
+            sigma = max(0.4, factor * sigmas[shape])
+            spec = spectra if factor == 1.0 else spectra[best_k : best_k + 1]
+            blurred = sfft.irfft2(spec * _gaussian_transfer(n, sigma), s=(n, n))
             blurred = np.where(blurred >= floor, blurred, 0)
             ious = _soft_iou(obs, blurred)
             k = int(ious.argmax())
-            if ious[k] > best_score:
-                best_score = float(ious[k])
-                if factor == 1.0:
-                    best_k = k
+            if factor == 1.0:
+                best_k = k
+            best_score = max(best_score, float(ious[k]))
         scores[shape] = best_score
     return scores
 
@@ -164,8 +180,13 @@ def classify_shape(mask: np.ndarray, alpha: np.ndarray | None = None) -> str:
     return max(scores, key=scores.get)
 
 
-def detect_objects(image, min_area: float | None = None, min_coverage: float = 0.5,
-                   max_angle: float = 30.0, floor: float = 0.1) -> list[Detection]:
+def detect_objects(
+    image,
+    min_area: float | None = None,
+    min_coverage: float = 0.5,
+    max_angle: float = 30.0,
+    floor: float = 0.1,
+) -> list[Detection]:
     """Objects in an image.
 
     Pixels are labelled with :func:`classify_pixels`; each palette colour's pixels are split into
@@ -182,7 +203,8 @@ def detect_objects(image, min_area: float | None = None, min_coverage: float = 0
     soft_all = np.where(close & (alpha >= floor), np.clip(alpha, 0, 1), 0.0)
     detections = []
     for k, colour in enumerate(COLOUR_NAMES):
-        comps, n = ndimage.label((best == k) & close & (alpha >= min_coverage), structure=np.ones((3, 3), bool))
+        fg = (best == k) & close & (alpha >= min_coverage)
+        comps, n = ndimage.label(fg, structure=np.ones((3, 3), bool))
         if n == 0:
             continue
         areas = np.bincount(comps.ravel(), minlength=n + 1)

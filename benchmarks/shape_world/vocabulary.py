@@ -25,7 +25,7 @@ PALETTE = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.uint8)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "cross")
 
 # Size word -> (min, max) object extent in pixels on the 128x128 canvas.
-SIZES: dict[str, tuple[float, float]] = {"small": (22.0, 30.0), "large": (34.0, 46.0)}
+SIZES: dict[str, tuple[float, float]] = {"small": (26.0, 30.0), "large": (34.0, 46.0)}
 SIZE_WORDS: tuple[str, ...] = tuple(SIZES)
 
 PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
@@ -35,7 +35,7 @@ BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "gradient")
 # Textured backgrounds stay in this grey range with at most TINT per-channel deviation from neutral,
 # so their chroma is tiny and no background pixel is ever close to a palette colour.
 TEXTURE_RANGE = (25.0, 75.0)
-TINT = 3.0
+TINT = 1.0
 
 
 def phrase(colour: str, shape: str, size: str | None = None) -> str:
