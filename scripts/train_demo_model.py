@@ -23,6 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from benchmarks.shape_world.generator import split_scene
+from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES, SIZE_WORDS
+from scripts.comfy_headless import PACK_ROOT, cache_dir, find_comfyui
 from spatial_control.models.autoencoder import load_autoencoder
 from spatial_control.models.demo_model import (
     AUTOENCODER_FILE,
@@ -35,10 +39,6 @@ from spatial_control.models.demo_model import (
 )
 from spatial_control.models.demo_unet import DEMO_UNET_CONFIG, build_demo_unet
 from spatial_control.models.text_encoder import build_text_encoder, load_clip_tokenizer, tokenize
-
-from benchmarks.shape_world.generator import split_scene
-from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES, SIZE_WORDS
-from scripts.comfy_headless import PACK_ROOT, cache_dir, find_comfyui
 
 OBJECT_COUNT_PROBS = (0.3, 0.3, 0.2, 0.2)  # 1, 2, 3, 4 objects
 TEXTURED_SHARE = 0.1

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from spatial_control.guidance.attention_store import (
     COND,
     UNCOND,

@@ -6,10 +6,10 @@ entry. Both run under ``torch.inference_mode()``, as ComfyUI executes prompts.
 
 import pytest
 import torch
+
 from spatial_control.guidance.attention_store import AttentionStore, select_layers
 from spatial_control.guidance.backends.diffusers import DiffusersDenoiser, discrete_sigmas, sigma_to_timestep
 from spatial_control.guidance.latent_gradient import energy_gradient, gradients_enabled
-
 from tests.tiny_models import tiny_unet
 
 pytestmark = pytest.mark.comfyui

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from spatial_control.guidance.attention_store import AttentionStore, select_layers
 from spatial_control.guidance.errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
 from spatial_control.guidance.latent_gradient import energy_gradient, gradients_enabled

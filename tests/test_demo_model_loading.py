@@ -69,10 +69,9 @@ def test_stock_text_to_image_nodes(comfy, demo):
 
 
 def test_clip_matches_the_transformers_text_encoder(comfy, demo, demo_weights):
+    from scripts.comfy_headless import find_comfyui
     from spatial_control.models.demo_model import TEXT_ENCODER_FILE, load_demo_text_encoder_state
     from spatial_control.models.text_encoder import build_text_encoder, load_clip_tokenizer, tokenize
-
-    from scripts.comfy_headless import find_comfyui
 
     _, clip, _ = demo
     state, config = load_demo_text_encoder_state(demo_weights / TEXT_ENCODER_FILE)
@@ -89,6 +88,7 @@ def test_clip_matches_the_transformers_text_encoder(comfy, demo, demo_weights):
 
 def test_embeddings_and_attention_patches_work(comfy, demo):
     from safetensors.torch import save_file
+
     from spatial_control.guidance.backends.comfy import cross_attention_layers
 
     model, clip, _ = demo

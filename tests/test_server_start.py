@@ -20,6 +20,7 @@ def test_comfyui_server_start_loads_the_pack_from_custom_nodes(tmp_path):
     proc = subprocess.run(cmd, cwd=comfy_root, capture_output=True, text=True, timeout=300)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
-    lines = [line for line in log.splitlines() if line.strip().endswith("custom_nodes/comfyui-spatial-control")]
+    ours = "custom_nodes/comfyui-spatial-control"
+    lines = [line for line in log.splitlines() if line.strip().endswith(ours)]
     assert lines, log[-3000:]
     assert "IMPORT FAILED" not in lines[0]

@@ -3,6 +3,7 @@ between runs or into the unpatched MODEL."""
 
 import pytest
 import torch
+
 from spatial_control.guidance.latent_gradient import energy_gradient
 
 pytestmark = pytest.mark.comfyui
