@@ -245,12 +245,12 @@ def load_demo_model(weights_dir, embedding_directory=None):
     text_state, text_config = load_demo_text_encoder_state(weights_dir / TEXT_ENCODER_FILE)
     _, ae_meta = read_weights(weights_dir / AUTOENCODER_FILE)
     autoencoder = load_autoencoder(weights_dir / AUTOENCODER_FILE)
-    latent = ae_meta.get("latent", {})
+    preview = unet_meta.get("latent_preview", {})
     latent_format = make_latent_format(
-        scale_factor=1.0 / float(latent["std"]),
+        scale_factor=1.0 / float(ae_meta["latent"]["std"]),
         channels=autoencoder.config.latent_channels,
-        rgb_factors=latent.get("rgb_factors"),
-        rgb_bias=latent.get("rgb_bias"),
+        rgb_factors=preview.get("rgb_factors"),
+        rgb_bias=preview.get("rgb_bias"),
     )
     model = build_comfy_model(unet_state, unet_meta["config"], prediction="v", latent_format=latent_format)
     clip = build_comfy_clip(text_state, text_config.json_config(), embedding_directory)

@@ -77,8 +77,21 @@ def autoencoder_latent_scale(path: Path) -> float:
         raise ValueError(_problem(Path(path), "has no latent statistics")) from None
 
 
-def save_demo_unet(unet, path: Path, record: dict) -> None:
-    _write(unet.state_dict(), Path(path), {"config": dict(unet.config), "training": record})
+def save_demo_unet(unet, path: Path, record: dict, latent_preview: dict | None = None) -> None:
+    meta = {"config": dict(unet.config), "training": record, "latent_preview": latent_preview or {}}
+    _write(unet.state_dict(), Path(path), meta)
+
+
+def fit_latent_preview(latents: torch.Tensor, pixels: torch.Tensor) -> dict:
+    """Least-squares linear map (+ bias) from model-space latents ``[n, c, h, w]`` to the mean
+    colour of each latent cell of ``pixels`` ``[n, 3, H, W]`` in [-1, 1]: ComfyUI's Latent2RGB
+    live preview."""
+    target = torch.nn.functional.adaptive_avg_pool2d(pixels.float(), latents.shape[-2:])
+    x = latents.float().movedim(1, -1).reshape(-1, latents.shape[1])
+    y = target.movedim(1, -1).reshape(-1, 3)
+    design = torch.cat([x, torch.ones(len(x), 1)], 1)
+    solution = torch.linalg.lstsq(design, y).solution
+    return {"rgb_factors": solution[:-1].tolist(), "rgb_bias": solution[-1].tolist()}
 
 
 def save_demo_text_encoder(text_encoder, path: Path, keep_token_ids: list[int], record: dict) -> None:

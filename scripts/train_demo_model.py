@@ -34,6 +34,9 @@ from spatial_control.models.demo_model import (
     TEXT_ENCODER_FILE,
     UNET_FILE,
     autoencoder_latent_scale,
+    fit_latent_preview,
+    load_demo_text_encoder_state,
+    read_weights,
     save_demo_text_encoder,
     save_demo_unet,
 )
@@ -101,6 +104,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=PACK_ROOT / "models" / "weights")
     parser.add_argument("--workdir", type=Path, default=cache_dir() / "train" / "demo_model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--init-from", type=Path, help="without a checkpoint: start from the weights exported in this folder"
+    )
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -129,6 +135,19 @@ def main() -> None:
         optimizer.load_state_dict(state["optimizer"])
         step, samples, cpu_seconds = state["step"], state["samples"], state["cpu_seconds"]
         print(f"resumed at step {step} ({samples} samples, {cpu_seconds / 60:.1f} CPU-minutes)", flush=True)
+    elif args.init_from:
+        unet_state, unet_meta = read_weights(args.init_from / UNET_FILE)
+        text_state, _ = load_demo_text_encoder_state(args.init_from / TEXT_ENCODER_FILE)
+        text_keys = text_encoder.state_dict().keys()
+        text_state = {
+            k if k in text_keys else k.removeprefix("text_model."): v for k, v in text_state.items()
+        }
+        for model, ema, state in ((unet, ema_unet, unet_state), (text_encoder, ema_text, text_state)):
+            model.load_state_dict(state, strict=False)
+            ema.load_state_dict(state, strict=False)
+        record = unet_meta["training"]
+        step, samples, cpu_seconds = record["steps"], record["samples"], record["cpu_minutes"] * 60
+        print(f"warm start from {args.init_from} at step {step} (fresh optimiser)", flush=True)
 
     def save_checkpoint() -> None:
         state = {
@@ -202,7 +221,10 @@ def main() -> None:
         "lr": args.lr, "ema": args.ema, "prediction": "v", "min_snr_gamma": MIN_SNR_GAMMA,
         "caption_dropout": CAPTION_DROPOUT, "object_count_probs": OBJECT_COUNT_PROBS, "threads": args.threads,
     }  # fmt: skip
-    save_demo_unet(ema_unet, args.out / UNET_FILE, record)
+    pixels, _ = next(iter(SceneBatches(64, first_index=10**9, seed=args.seed)))
+    with torch.no_grad():
+        preview = fit_latent_preview(autoencoder.encode(pixels.to(device)).cpu() * latent_scale, pixels)
+    save_demo_unet(ema_unet, args.out / UNET_FILE, record, preview)
     keep = sorted(set(tokenize(tokenizer, [" ".join(VOCABULARY_WORDS)]).flatten().tolist()))
     save_demo_text_encoder(ema_text, args.out / TEXT_ENCODER_FILE, keep, record)
     print(

@@ -26,14 +26,10 @@ def demo_weights(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("demo_weights")
     autoencoder = ShapeAutoencoder()
-    autoencoder.latent_stats = {
-        "mean": 0.0,
-        "std": 0.5,
-        "rgb_factors": [[0.1, 0.2, 0.3]] * 4,
-        "rgb_bias": [0, 0, 0],
-    }
+    autoencoder.latent_stats = {"mean": 0.0, "std": 0.5}
     save_autoencoder(autoencoder, folder / AUTOENCODER_FILE)
-    save_demo_unet(build_demo_unet(seed=1), folder / UNET_FILE, {"steps": 0})
+    preview = {"rgb_factors": [[0.1, 0.2, 0.3]] * 4, "rgb_bias": [0.0, 0.0, 0.0]}
+    save_demo_unet(build_demo_unet(seed=1), folder / UNET_FILE, {"steps": 0}, preview)
     text = build_text_encoder(DEMO_TEXT_CONFIG, seed=2)
     save_demo_text_encoder(text, folder / TEXT_ENCODER_FILE, [49406, 49407, 320, 736, 2866], {"steps": 0})
     return folder
@@ -131,6 +127,19 @@ def test_live_preview_factors_and_latent_format(demo):
     latent_format = model.model.latent_format
     assert latent_format.scale_factor == pytest.approx(2.0)
     assert torch.tensor(latent_format.latent_rgb_factors).shape == (4, 3)
+
+
+def test_latent_preview_fit_recovers_a_linear_map():
+    from spatial_control.models.demo_model import fit_latent_preview
+
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(8, 4, 4, 4, generator=gen)
+    factors, bias = torch.randn(4, 3, generator=gen), torch.tensor([0.1, -0.2, 0.3])
+    cells = latents.movedim(1, -1) @ factors + bias
+    pixels = cells.movedim(-1, 1).repeat_interleave(8, -1).repeat_interleave(8, -2)
+    fit = fit_latent_preview(latents, pixels)
+    assert torch.allclose(torch.tensor(fit["rgb_factors"]), factors, atol=1e-4)
+    assert torch.allclose(torch.tensor(fit["rgb_bias"]), bias, atol=1e-4)
 
 
 @pytest.mark.parametrize("damage", ["missing", "corrupt"])
