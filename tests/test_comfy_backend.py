@@ -122,6 +122,16 @@ def test_clear_errors_for_unusable_models_and_tokenizers(sd15):
     with pytest.raises(UnsupportedModelError, match="FakeDiT architecture is not supported"):
         cross_attention_layers(dit)
 
+    class NoTextConfig:
+        unet_config = {"context_dim": None}
+
+    unconditional = model.clone()
+    unconditional.model = type(
+        "M", (), {"diffusion_model": model.model.diffusion_model, "model_config": NoTextConfig}
+    )()
+    with pytest.raises(UnsupportedModelError, match="no text cross-attention"):
+        cross_attention_layers(unconditional)
+
     class T5Like:
         tokenizer = object()
 
