@@ -15,6 +15,8 @@ Figures (all on the eval split, never used in training):
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -28,6 +30,7 @@ from benchmarks.shape_world.metrics import (
     whole_image_success,
 )
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES
+from spatial_control.models.demo_model import AUTOENCODER_FILE, WEIGHTS_DIR
 
 BATCH = 25
 SEED_BASE = {1: 100_000, 2: 200_000, 3: 300_000, 4: 400_000}
@@ -38,11 +41,10 @@ def _batches(items, size=BATCH):
         yield i, items[i : i + size]
 
 
-def autoencoder_figures(n: int) -> dict:
+def autoencoder_figures(n: int, weights_dir: Path = WEIGHTS_DIR) -> dict:
     from spatial_control.models.autoencoder import load_autoencoder
-    from spatial_control.models.demo_model import AUTOENCODER_FILE, WEIGHTS_DIR
 
-    autoencoder = load_autoencoder(WEIGHTS_DIR / AUTOENCODER_FILE)
+    autoencoder = load_autoencoder(weights_dir / AUTOENCODER_FILE)
     scenes = [split_scene("eval", 900_000 + i, n_objects=1 + i % 4) for i in range(n)]
     psnrs, ok_original, ok_recon = [], [], []
     for _, batch in _batches(scenes):
@@ -86,10 +88,7 @@ def _object_tokens(session, caption: str, phrase: str) -> tuple[int, int] | None
     return (tokens[1], tokens[2]) if len(tokens) == 3 else None
 
 
-def generation_figures(n: int) -> dict:
-    from benchmarks.comfy_generation import DemoModelSession
-
-    session = DemoModelSession()
+def generation_figures(session, n: int) -> dict:
     figures: dict = {}
     localisation = {"colour": [], "shape": []}
     for k in (1, 2, 3, 4):
@@ -140,5 +139,7 @@ def run(quick: bool = False) -> dict:
     figures = {"samples_per_count": n}
     figures.update(autoencoder_figures(n))
     figures["clip_zero_shot_acc"] = clip_zero_shot(n)
-    figures.update(generation_figures(n))
+    from benchmarks.comfy_generation import DemoModelSession
+
+    figures.update(generation_figures(DemoModelSession(), n))
     return figures

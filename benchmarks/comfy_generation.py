@@ -14,9 +14,9 @@ from scripts.comfy_headless import HeadlessComfyUI, quiet_comfy_logging
 class DemoModelSession:
     """ComfyUI in-process with the demo model loaded; generates and probes batches of captions."""
 
-    def __init__(self, weights_dir: Path | None = None):
+    def __init__(self, weights_dir: Path | None = None, comfy: HeadlessComfyUI | None = None):
         quiet_comfy_logging()
-        self.comfy = HeadlessComfyUI(base_dir=Path(tempfile.mkdtemp(prefix="bench_comfy_")))
+        self.comfy = comfy or HeadlessComfyUI(base_dir=Path(tempfile.mkdtemp(prefix="bench_comfy_")))
         from spatial_control.models.comfy_builder import load_demo_model
         from spatial_control.models.demo_model import WEIGHTS_DIR
 

@@ -10,39 +10,6 @@ import torch
 pytestmark = pytest.mark.comfyui
 
 
-@pytest.fixture(scope="module")
-def demo_weights(tmp_path_factory):
-    from spatial_control.models.autoencoder import ShapeAutoencoder, save_autoencoder
-    from spatial_control.models.demo_model import (
-        AUTOENCODER_FILE,
-        DEMO_TEXT_CONFIG,
-        TEXT_ENCODER_FILE,
-        UNET_FILE,
-        save_demo_text_encoder,
-        save_demo_unet,
-    )
-    from spatial_control.models.demo_unet import build_demo_unet
-    from spatial_control.models.text_encoder import build_text_encoder
-
-    folder = tmp_path_factory.mktemp("demo_weights")
-    autoencoder = ShapeAutoencoder()
-    autoencoder.latent_stats = {"mean": 0.0, "std": 0.5}
-    save_autoencoder(autoencoder, folder / AUTOENCODER_FILE)
-    preview = {"rgb_factors": [[0.1, 0.2, 0.3]] * 4, "rgb_bias": [0.0, 0.0, 0.0]}
-    save_demo_unet(build_demo_unet(seed=1), folder / UNET_FILE, {"steps": 0}, preview)
-    text = build_text_encoder(DEMO_TEXT_CONFIG, seed=2)
-    save_demo_text_encoder(text, folder / TEXT_ENCODER_FILE, [49406, 49407, 320, 736, 2866], {"steps": 0})
-    return folder
-
-
-@pytest.fixture(scope="module")
-def demo(comfy, demo_weights):
-    from spatial_control.models.comfy_builder import load_demo_model
-
-    with torch.inference_mode():
-        return load_demo_model(demo_weights, [str(comfy.base_dir / "models" / "embeddings")])
-
-
 def test_stock_text_to_image_nodes(comfy, demo):
     model, clip, vae = demo
     nodes = comfy.node_classes
