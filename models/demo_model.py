@@ -7,11 +7,11 @@ and the script that rebuilds it.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
+from . import weights_io
 from .text_encoder import VOCAB_SIZE, TextEncoderConfig
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -28,44 +28,10 @@ ROWS_KEY = "token_embedding_rows"
 EMBEDDING_KEY = "text_model.embeddings.token_embedding.weight"
 
 
-def _meta_path(path: Path) -> Path:
-    return path.with_suffix(".json")
-
-
-def _problem(path: Path, problem: str) -> str:
-    script = REBUILD.get(path.name.replace(".json", ".safetensors"), "the training scripts")
-    return f"demo model file {path} {problem}; rebuild it with `{script}`"
-
-
-def _write(state: dict[str, torch.Tensor], path: Path, meta: dict) -> None:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {
-        k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
-        for k, v in state.items()
-    }
-    save_file(state, str(path))
-    _meta_path(path).write_text(json.dumps(meta, indent=2) + "\n")
-
-
 def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
-    """(float32 state dict, meta) of a weights file, or a clear error naming the rebuild script."""
-    from safetensors.torch import load_file
-
+    """(float32 state dict, meta) of one of the demo model's files."""
     path = Path(path)
-    for p in (path, _meta_path(path)):
-        if not p.is_file():
-            raise FileNotFoundError(_problem(p, "is missing"))
-    try:
-        meta = json.loads(_meta_path(path).read_text())
-    except ValueError as err:
-        raise ValueError(_problem(_meta_path(path), f"is corrupt ({err})")) from None
-    try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors has its own error types for truncated or garbage files
-        raise ValueError(_problem(path, f"is corrupt ({err})")) from None
-    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}, meta
+    return weights_io.read_weights(path, "demo model", REBUILD.get(path.name, "the training scripts"))
 
 
 def autoencoder_latent_scale(path: Path) -> float:
@@ -74,12 +40,14 @@ def autoencoder_latent_scale(path: Path) -> float:
     try:
         return 1.0 / float(meta["latent"]["std"])
     except (KeyError, TypeError, ZeroDivisionError):
-        raise ValueError(_problem(Path(path), "has no latent statistics")) from None
+        raise weights_io.unusable(
+            Path(path), "demo model", REBUILD[AUTOENCODER_FILE], "no latent statistics"
+        ) from None
 
 
 def save_demo_unet(unet, path: Path, record: dict, latent_preview: dict | None = None) -> None:
     meta = {"config": dict(unet.config), "training": record, "latent_preview": latent_preview or {}}
-    _write(unet.state_dict(), Path(path), meta)
+    weights_io.write_weights(unet.state_dict(), Path(path), meta)
 
 
 def fit_latent_preview(latents: torch.Tensor, pixels: torch.Tensor) -> dict:
@@ -106,7 +74,7 @@ def save_demo_text_encoder(text_encoder, path: Path, keep_token_ids: list[int], 
     state[EMBEDDING_KEY] = state[EMBEDDING_KEY][rows]
     state[ROWS_KEY] = rows
     config = {k: getattr(DEMO_TEXT_CONFIG, k) for k in DEMO_TEXT_CONFIG.__dataclass_fields__}
-    _write(state, Path(path), {"config": config, "training": record})
+    weights_io.write_weights(state, Path(path), {"config": config, "training": record})
 
 
 def load_demo_text_encoder_state(path: Path) -> tuple[dict[str, torch.Tensor], TextEncoderConfig]:
