@@ -36,6 +36,11 @@ BATCH = 25
 SEED_BASE = {1: 100_000, 2: 200_000, 3: 300_000, 4: 400_000}
 
 
+def _mean(values) -> float | None:
+    """Mean, or None where nothing was measured (e.g. no requested object was generated)."""
+    return float(np.mean(values)) if len(values) else None
+
+
 def _batches(items, size=BATCH):
     for i in range(0, len(items), size):
         yield i, items[i : i + size]
@@ -117,8 +122,9 @@ def generation_figures(session, n: int) -> dict:
             figures["floor_success_1obj"] = float(
                 np.mean([whole_image_success(img, s.pairs) for img, s in zip(images, shuffled, strict=True)])
             )
-    figures["attention_localisation"] = float(np.mean(localisation["colour"] + localisation["shape"]))
-    figures["attention_localisation_by_word"] = {w: float(np.mean(v)) for w, v in localisation.items()}
+    figures["attention_localisation"] = _mean(localisation["colour"] + localisation["shape"])
+    figures["attention_localisation_by_word"] = {w: _mean(v) for w, v in localisation.items()}
+    figures["attention_localisation_objects"] = len(localisation["colour"])
 
     tasks = [sample_layout("eval", 500_000 + i) for i in range(n)]
     ious = []
