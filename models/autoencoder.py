@@ -11,13 +11,14 @@ Weights are stored as fp16 safetensors with the config (and training record) in 
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from . import weights_io
 
 REBUILD_COMMAND = "python -m scripts.train_autoencoder"
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "shape_autoencoder.safetensors"
@@ -169,25 +170,10 @@ class ShapeAutoencoder(nn.Module):
         return self.decode(self.encode(x))
 
 
-def config_path_for(weights_path: str | Path) -> Path:
-    """The JSON file beside a weights file (``x.safetensors`` -> ``x.json``)."""
-    return Path(weights_path).with_suffix(".json")
-
-
 def save_autoencoder(model: ShapeAutoencoder, path: str | Path, info: dict | None = None) -> None:
     """Write fp16 weights to ``path`` and, beside it, the JSON ``{"config", "latent", **info}``."""
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata={"format": "pt"})
     meta = {"config": model.config.to_dict(), "latent": model.latent_stats, **(info or {})}
-    config_path_for(path).write_text(json.dumps(meta, indent=2) + "\n")
-
-
-def _unusable(path: Path, reason: str) -> ValueError:
-    return ValueError(f"autoencoder file {path} is unusable ({reason}); rebuild it with `{REBUILD_COMMAND}`")
+    weights_io.write_weights(model.state_dict(), Path(path), meta)
 
 
 def load_autoencoder(
@@ -198,26 +184,14 @@ def load_autoencoder(
     Raises FileNotFoundError if the weights or their JSON are missing and ValueError if either is corrupt;
     both messages name the file and the command that rebuilds it.
     """
-    from safetensors.torch import load_file
-
     path = Path(path)
-    meta_path = config_path_for(path)
-    for p in (path, meta_path):
-        if not p.is_file():
-            raise FileNotFoundError(f"autoencoder file {p} not found; build it with `{REBUILD_COMMAND}`")
+    state, meta = weights_io.read_weights(path, "autoencoder", REBUILD_COMMAND)
     try:
-        meta = json.loads(meta_path.read_text())
-        config = AutoencoderConfig.from_dict(meta["config"])
-    except (ValueError, KeyError, TypeError) as err:
-        raise _unusable(meta_path, f"bad config: {err}") from err
-    try:
-        state = load_file(str(path))
-    except Exception as err:  # safetensors raises its own error types for truncated or garbage files
-        raise _unusable(path, f"cannot read safetensors: {err}") from err
-    model = ShapeAutoencoder(config)
-    try:
-        model.load_state_dict({k: v.float() for k, v in state.items()})
-    except RuntimeError as err:
-        raise _unusable(path, f"weights do not match the config: {err}") from err
+        model = ShapeAutoencoder(AutoencoderConfig.from_dict(meta["config"]))
+        model.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise weights_io.unusable(
+            path, "autoencoder", REBUILD_COMMAND, f"weights do not match the config: {err}"
+        ) from None
     model.latent_stats = dict(meta.get("latent") or {})
     return model.to(device).eval()

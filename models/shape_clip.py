@@ -223,7 +223,7 @@ def load_shape_clip(path: str | Path = DEFAULT_WEIGHTS, device: str | torch.devi
         model.load_state_dict(state)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise weights_io.unusable(
-            path, "ShapeCLIP", REBUILD_COMMAND, f"does not match its config: {err}"
+            path, "ShapeCLIP", REBUILD_COMMAND, f"weights do not match the config: {err}"
         ) from None
     model.info = meta
     return model.to(device).eval()

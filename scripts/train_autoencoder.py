@@ -22,7 +22,12 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import split_scene
-from models.autoencoder import DEFAULT_WEIGHTS, AutoencoderConfig, ShapeAutoencoder, save_autoencoder
+from spatial_control.models.autoencoder import (
+    DEFAULT_WEIGHTS,
+    AutoencoderConfig,
+    ShapeAutoencoder,
+    save_autoencoder,
+)
 
 ARCHITECTURES: dict[str, AutoencoderConfig] = {
     "balanced": AutoencoderConfig(encoder_blocks=(1, 1), decoder_blocks=(2, 2)),
@@ -100,9 +105,12 @@ def evaluate(model: ShapeAutoencoder, scenes: list, device: torch.device) -> dic
     """PSNR (pooled over all pixels, on uint8 reconstructions) on all scenes and on those with 3-4 objects."""
     model.eval()
     originals = np.stack([s.image for s in scenes])
-    recon = np.concatenate([
-        to_uint8(model(to_tensor(list(originals[i : i + 16])).to(device))) for i in range(0, len(scenes), 16)
-    ])
+    recon = np.concatenate(
+        [
+            to_uint8(model(to_tensor(list(originals[i : i + 16])).to(device)))
+            for i in range(0, len(scenes), 16)
+        ]
+    )
     model.train()
     err = ((recon.astype(np.float64) - originals) / 255.0) ** 2
     per_image = err.mean(axis=(1, 2, 3))
@@ -117,8 +125,16 @@ def evaluate(model: ShapeAutoencoder, scenes: list, device: torch.device) -> dic
 @torch.no_grad()
 def latent_stats(model: ShapeAutoencoder, scenes: list, device: torch.device) -> dict:
     model.eval()
-    z = torch.cat([model.encode(to_tensor([s.image for s in scenes[i : i + 16]]).to(device))
-                   for i in range(0, len(scenes), 16)]).float().cpu()
+    z = (
+        torch.cat(
+            [
+                model.encode(to_tensor([s.image for s in scenes[i : i + 16]]).to(device))
+                for i in range(0, len(scenes), 16)
+            ]
+        )
+        .float()
+        .cpu()
+    )
     model.train()
     std = z.std().item()
     return {
@@ -176,8 +192,19 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     parser.add_argument("--checkpoint-seconds", type=float, default=120.0)
     parser.add_argument("--no-export", action="store_true", help="skip the export (architecture trials)")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch)
-    for field in ("seed", "batch_size", "lr", "beta2", "warmup_steps", "final_lr_fraction", "latent_noise",
-                  "latent_l2", "l1_weight", "l1_steps", "grad_clip"):
+    for field in (
+        "seed",
+        "batch_size",
+        "lr",
+        "beta2",
+        "warmup_steps",
+        "final_lr_fraction",
+        "latent_noise",
+        "latent_l2",
+        "l1_weight",
+        "l1_steps",
+        "grad_clip",
+    ):
         value = getattr(defaults, field)
         parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)
     args = parser.parse_args(argv)
@@ -211,10 +238,16 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
     scenes = eval_scenes(EVAL_SCENES)
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "record": record, "recipe": asdict(recipe),
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "record": record,
+                "recipe": asdict(recipe),
+            },
+        )
 
     wall_start, cpu_start = time.time(), time.process_time()
     wall_base, cpu_base = record["wall_seconds"], record["cpu_seconds"]
@@ -249,16 +282,26 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
             last_log, log_step = time.time(), step
             # mse is on [-1, 1] images: divide by 4 for the [0, 1] scale PSNR uses
             train_psnr = psnr_of_mse(mse.item() / 4)
-            print(f"step {step}/{args.steps} loss {loss.item():.3e} train psnr {train_psnr:.2f} dB"
-                  f" lr {lr:.2e} z_std {z.detach().std().item():.3f} | {rate:.1f} samples/s"
-                  f" cpu {record['cpu_seconds'] / 60:.1f} min", flush=True)
+            print(
+                f"step {step}/{args.steps} loss {loss.item():.3e} train psnr {train_psnr:.2f} dB"
+                f" lr {lr:.2e} z_std {z.detach().std().item():.3f} | {rate:.1f} samples/s"
+                f" cpu {record['cpu_seconds'] / 60:.1f} min",
+                flush=True,
+            )
         if step % args.eval_every == 0 or step == args.steps:
             result = evaluate(model, scenes, device)
-            record["history"].append({"step": step, "cpu_minutes": round(record["cpu_seconds"] / 60, 2),
-                                      **{k: round(v, 3) for k, v in result.items()}})
-            print(f"eval step {step}: psnr {result['psnr']:.2f} dB (3-4 objects"
-                  f" {result['psnr_3_4_objects']:.2f}, worst image {result['worst_image_psnr']:.2f})",
-                  flush=True)
+            record["history"].append(
+                {
+                    "step": step,
+                    "cpu_minutes": round(record["cpu_seconds"] / 60, 2),
+                    **{k: round(v, 3) for k, v in result.items()},
+                }
+            )
+            print(
+                f"eval step {step}: psnr {result['psnr']:.2f} dB (3-4 objects"
+                f" {result['psnr_3_4_objects']:.2f}, worst image {result['worst_image_psnr']:.2f})",
+                flush=True,
+            )
         if time.time() - last_checkpoint > args.checkpoint_seconds:
             checkpoint()
             last_checkpoint = time.time()
@@ -270,24 +313,30 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
 def export(model, recipe: Recipe, record: dict, args, scenes, device, n_params: int) -> None:
     final = evaluate(model, scenes, device)
     model.latent_stats = latent_stats(model, eval_scenes(STATS_SCENES), device)
-    info = {"training": {
-        "script": "python -m scripts.train_autoencoder",
-        "steps": record["step"],
-        "target_steps": args.steps,
-        "samples_seen": record["step"] * recipe.batch_size,
-        "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
-        "wall_minutes": round(record["wall_seconds"] / 60, 1),
-        "parameters": n_params,
-        "final_eval": {k: round(v, 3) for k, v in final.items()},
-        "eval_set": f"{EVAL_SCENES} eval-split scenes, plain backgrounds, 1-4 objects; pooled PSNR on uint8",
-        "recipe": asdict(recipe),
-        "data": {"backgrounds": BACKGROUND_MIX, "rotated_share": ROTATED_SHARE, "max_rotation": 45.0},
-        "history": record["history"],
-        "notes": RECIPE_NOTES,
-    }}
+    info = {
+        "training": {
+            "script": "python -m scripts.train_autoencoder",
+            "steps": record["step"],
+            "target_steps": args.steps,
+            "samples_seen": record["step"] * recipe.batch_size,
+            "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
+            "wall_minutes": round(record["wall_seconds"] / 60, 1),
+            "parameters": n_params,
+            "final_eval": {k: round(v, 3) for k, v in final.items()},
+            "eval_set": f"{EVAL_SCENES} eval-split scenes, plain backgrounds, 1-4 objects; "
+            "pooled PSNR on uint8",
+            "recipe": asdict(recipe),
+            "data": {"backgrounds": BACKGROUND_MIX, "rotated_share": ROTATED_SHARE, "max_rotation": 45.0},
+            "history": record["history"],
+            "notes": RECIPE_NOTES,
+        }
+    }
     save_autoencoder(model.to(memory_format=torch.contiguous_format), args.out, info)
-    print(f"exported {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): eval psnr {final['psnr']:.2f} dB,"
-          f" latent mean {model.latent_stats['mean']:.3f} std {model.latent_stats['std']:.3f}", flush=True)
+    print(
+        f"exported {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): eval psnr {final['psnr']:.2f} dB,"
+        f" latent mean {model.latent_stats['mean']:.3f} std {model.latent_stats['std']:.3f}",
+        flush=True,
+    )
 
 
 RECIPE_NOTES = (

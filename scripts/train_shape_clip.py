@@ -26,14 +26,14 @@ from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import make_caption, render_scene, split_scene
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, PAIRS, SHAPES, SIZE_WORDS, phrase
-from models.shape_clip import (
+from spatial_control.models.shape_clip import (
     DEFAULT_WEIGHTS,
     ShapeCLIP,
     ShapeCLIPConfig,
     caption_token_ids,
     save_shape_clip,
 )
-from models.text_encoder import load_clip_tokenizer, tokenize
+from spatial_control.models.text_encoder import load_clip_tokenizer, tokenize
 
 OBJECT_COUNT_MIX = {1: 0.4, 2: 0.3, 3: 0.15, 4: 0.15}
 CROP_SHARE = 0.1  # of the samples: one object of a 2-4 object scene, rendered alone and cropped
@@ -92,8 +92,12 @@ def change_word(items: list[Item], kind: str, rng: np.random.Generator) -> list[
 def swap_colours(items: list[Item], rng: np.random.Generator) -> list[Item] | None:
     """``items`` with the colours of two objects exchanged (both colours and shapes must differ, so the
     caption becomes false), or None if no such pair exists."""
-    swappable = [(i, j) for i in range(len(items)) for j in range(i + 1, len(items))
-                 if items[i][1] != items[j][1] and items[i][2] != items[j][2]]
+    swappable = [
+        (i, j)
+        for i in range(len(items))
+        for j in range(i + 1, len(items))
+        if items[i][1] != items[j][1] and items[i][2] != items[j][2]
+    ]
     if not swappable:
         return None
     i, j = swappable[rng.integers(len(swappable))]
@@ -307,8 +311,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     parser.add_argument("--log-every", type=int, default=25)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--checkpoint-seconds", type=float, default=120.0)
-    parser.add_argument("--stop-accuracy", type=float, default=None,
-                        help="stop early once the zero-shot eval accuracy reaches this")
+    parser.add_argument(
+        "--stop-accuracy",
+        type=float,
+        default=None,
+        help="stop early once the zero-shot eval accuracy reaches this",
+    )
     parser.add_argument("--no-export", action="store_true", help="skip the export (trials)")
     for field in asdict(defaults):
         value = getattr(defaults, field)
@@ -320,9 +328,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
 
 def evaluate(model: ShapeCLIP, tokens: TokenCache) -> dict:
     model.eval()
-    result = {"zero_shot_accuracy": zero_shot_accuracy(model, tokens),
-              "multi_object_win_rate": multi_object_win_rate(model, tokens),
-              "binding_win_rate": binding_win_rate(model, tokens)}
+    result = {
+        "zero_shot_accuracy": zero_shot_accuracy(model, tokens),
+        "multi_object_win_rate": multi_object_win_rate(model, tokens),
+        "binding_win_rate": binding_win_rate(model, tokens),
+    }
     model.train()
     return result
 
@@ -338,8 +348,10 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
     model = ShapeCLIP(ShapeCLIPConfig(token_ids=caption_token_ids(tokens.tokenizer))).to(device)
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2 and "position" not in name]
     no_decay = [p for name, p in model.named_parameters() if p.ndim < 2 or "position" in name]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": recipe.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
     record = {"step": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0, "history": []}
     if state is not None:
         model.load_state_dict(state["model"])
@@ -352,22 +364,32 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
     print(f"ShapeCLIP ({n_params / 1e6:.2f} M parameters): {model.config}", flush=True)
 
     def checkpoint() -> None:
-        save_checkpoint(checkpoint_path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state(),
-            "record": record, "recipe": asdict(recipe),
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "rng": torch.get_rng_state(),
+                "record": record,
+                "recipe": asdict(recipe),
+            },
+        )
 
     def reached_target() -> bool:
         history = record["history"]
-        return (args.stop_accuracy is not None and bool(history)
-                and history[-1]["zero_shot_accuracy"] >= args.stop_accuracy)
+        return (
+            args.stop_accuracy is not None
+            and bool(history)
+            and history[-1]["zero_shot_accuracy"] >= args.stop_accuracy
+        )
 
     wall_start, cpu_start = time.time(), time.process_time()
     wall_base, cpu_base = record["wall_seconds"], record["cpu_seconds"]
     last_checkpoint = last_log = time.time()
     log_step = record["step"]
-    while (record["step"] < args.steps and time.time() - wall_start < 60 * args.minutes
-           and not reached_target()):
+    while (
+        record["step"] < args.steps and time.time() - wall_start < 60 * args.minutes and not reached_target()
+    ):
         step = record["step"]
         lr = learning_rate(recipe, step, args.steps)
         for group in optimizer.param_groups:
@@ -388,16 +410,27 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
         if step % args.log_every == 0:
             rate = (step - log_step) * recipe.batch_size / (time.time() - last_log)
             last_log, log_step = time.time(), step
-            print(f"step {step}/{args.steps} loss {loss.item():.3f} batch acc {batch_accuracy:.3f}"
-                  f" lr {lr:.2e} scale {model.logit_scale_value().item():.1f} | {rate:.1f} samples/s"
-                  f" cpu {record['cpu_seconds'] / 60:.1f} min", flush=True)
+            print(
+                f"step {step}/{args.steps} loss {loss.item():.3f} batch acc {batch_accuracy:.3f}"
+                f" lr {lr:.2e} scale {model.logit_scale_value().item():.1f} | {rate:.1f} samples/s"
+                f" cpu {record['cpu_seconds'] / 60:.1f} min",
+                flush=True,
+            )
         if step % args.eval_every == 0 or step == args.steps:
             result = evaluate(model, tokens)
-            record["history"].append({"step": step, "cpu_minutes": round(record["cpu_seconds"] / 60, 2),
-                                      **{k: round(v, 3) for k, v in result.items()}})
-            print(f"eval step {step}: zero-shot accuracy {result['zero_shot_accuracy']:.3f},"
-                  f" multi-object win rate {result['multi_object_win_rate']:.3f},"
-                  f" binding win rate {result['binding_win_rate']:.3f}", flush=True)
+            record["history"].append(
+                {
+                    "step": step,
+                    "cpu_minutes": round(record["cpu_seconds"] / 60, 2),
+                    **{k: round(v, 3) for k, v in result.items()},
+                }
+            )
+            print(
+                f"eval step {step}: zero-shot accuracy {result['zero_shot_accuracy']:.3f},"
+                f" multi-object win rate {result['multi_object_win_rate']:.3f},"
+                f" binding win rate {result['binding_win_rate']:.3f}",
+                flush=True,
+            )
         if time.time() - last_checkpoint > args.checkpoint_seconds:
             checkpoint()
             last_checkpoint = time.time()
@@ -408,34 +441,46 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
 
 def export(model: ShapeCLIP, recipe: Recipe, record: dict, args, tokens: TokenCache, n_params: int) -> None:
     final = evaluate(model, tokens)
-    info = {"training": {
-        "script": "python -m scripts.train_shape_clip",
-        "steps": record["step"],
-        "target_steps": args.steps,
-        "samples_seen": record["step"] * recipe.batch_size,
-        "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
-        "wall_minutes": round(record["wall_seconds"] / 60, 1),
-        "parameters": n_params,
-        "final_eval": {k: round(v, 3) for k, v in final.items()},
-        "eval_sets": {
-            "zero_shot_accuracy": f"eval scenes 0..{ZERO_SHOT_SCENES - 1} with 1 object (plain background),"
-                                  " argmax cosine over the 24 'a {colour} {shape}' texts",
-            "multi_object_win_rate": f"eval scenes 10000..{10_000 + MULTI_OBJECT_SCENES - 1} with 2-4"
-                                     " objects: caption vs one colour/shape word changed",
-            "binding_win_rate": "the same scenes where two objects differ in colour and shape: caption vs"
-                                " their colours swapped",
-        },
-        "recipe": asdict(recipe),
-        "data": {"object_counts": OBJECT_COUNT_MIX, "crop_share": CROP_SHARE, "backgrounds": BACKGROUND_MIX,
-                 "rotated_share": ROTATED_SHARE, "max_rotation": MAX_ROTATION,
-                 "size_word_share": SIZE_WORD_SHARE, "hard_negatives": NEGATIVE_MIX},
-        "history": record["history"],
-        "notes": RECIPE_NOTES,
-    }}
+    info = {
+        "training": {
+            "script": "python -m scripts.train_shape_clip",
+            "steps": record["step"],
+            "target_steps": args.steps,
+            "samples_seen": record["step"] * recipe.batch_size,
+            "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
+            "wall_minutes": round(record["wall_seconds"] / 60, 1),
+            "parameters": n_params,
+            "final_eval": {k: round(v, 3) for k, v in final.items()},
+            "eval_sets": {
+                "zero_shot_accuracy": f"eval scenes 0..{ZERO_SHOT_SCENES - 1} with 1 object "
+                "(plain background),"
+                " argmax cosine over the 24 'a {colour} {shape}' texts",
+                "multi_object_win_rate": f"eval scenes 10000..{10_000 + MULTI_OBJECT_SCENES - 1} with 2-4"
+                " objects: caption vs one colour/shape word changed",
+                "binding_win_rate": "the same scenes where two objects differ in colour and shape: caption vs"
+                " their colours swapped",
+            },
+            "recipe": asdict(recipe),
+            "data": {
+                "object_counts": OBJECT_COUNT_MIX,
+                "crop_share": CROP_SHARE,
+                "backgrounds": BACKGROUND_MIX,
+                "rotated_share": ROTATED_SHARE,
+                "max_rotation": MAX_ROTATION,
+                "size_word_share": SIZE_WORD_SHARE,
+                "hard_negatives": NEGATIVE_MIX,
+            },
+            "history": record["history"],
+            "notes": RECIPE_NOTES,
+        }
+    }
     save_shape_clip(model, args.out, info)
-    print(f"exported {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): zero-shot accuracy"
-          f" {final['zero_shot_accuracy']:.3f}, multi-object win rate {final['multi_object_win_rate']:.3f},"
-          f" binding win rate {final['binding_win_rate']:.3f}", flush=True)
+    print(
+        f"exported {args.out} ({args.out.stat().st_size / 1e6:.2f} MB): zero-shot accuracy"
+        f" {final['zero_shot_accuracy']:.3f}, multi-object win rate {final['multi_object_win_rate']:.3f},"
+        f" binding win rate {final['binding_win_rate']:.3f}",
+        flush=True,
+    )
 
 
 RECIPE_NOTES = (

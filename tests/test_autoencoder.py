@@ -10,15 +10,15 @@ import torch
 
 from benchmarks.shape_world.generator import split_scene
 from benchmarks.shape_world.metrics import detect_objects, psnr, whole_image_success
-from models.autoencoder import (
+from spatial_control.models.autoencoder import (
     DEFAULT_WEIGHTS,
     REBUILD_COMMAND,
     AutoencoderConfig,
     ShapeAutoencoder,
-    config_path_for,
     load_autoencoder,
     save_autoencoder,
 )
+from spatial_control.models.weights_io import meta_path
 
 SMALL = AutoencoderConfig(
     encoder_channels=(32, 32), encoder_blocks=(1, 1), decoder_channels=(32, 32), decoder_blocks=(1, 1)
@@ -78,7 +78,7 @@ def test_save_load_round_trip(small_model, tmp_path):
     loaded = load_autoencoder(path)
     assert loaded.config == SMALL
     assert loaded.latent_stats == {"mean": 0.1, "std": 2.0}
-    assert json.loads(config_path_for(path).read_text())["training"] == {"steps": 3}
+    assert json.loads(meta_path(path).read_text())["training"] == {"steps": 3}
     original = small_model.state_dict()
     for name, value in loaded.state_dict().items():  # stored as fp16
         assert torch.equal(value, original[name].half().float()), name
@@ -99,7 +99,7 @@ def test_missing_file_names_the_file_and_the_rebuild_script(tmp_path):
 def test_corrupt_file_names_the_file_and_the_rebuild_script(small_model, tmp_path, broken):
     path = tmp_path / "ae.safetensors"
     save_autoencoder(small_model, path)
-    target = path if broken == "weights" else config_path_for(path)
+    target = path if broken == "weights" else meta_path(path)
     target.write_bytes(b"\x00garbage" * 10)
     with pytest.raises(ValueError) as err:
         load_autoencoder(path)
@@ -109,9 +109,9 @@ def test_corrupt_file_names_the_file_and_the_rebuild_script(small_model, tmp_pat
 def test_weights_that_do_not_match_the_config_are_rejected(small_model, tmp_path):
     path = tmp_path / "ae.safetensors"
     save_autoencoder(small_model, path)
-    meta = json.loads(config_path_for(path).read_text())
+    meta = json.loads(meta_path(path).read_text())
     meta["config"]["decoder_blocks"] = [2, 2]
-    config_path_for(path).write_text(json.dumps(meta))
+    meta_path(path).write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="do not match"):
         load_autoencoder(path)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.shape_clip import (
+from spatial_control.models.shape_clip import (
     DEFAULT_WEIGHTS,
     REBUILD_COMMAND,
     ShapeCLIP,
@@ -16,7 +16,7 @@ from models.shape_clip import (
     load_shape_clip,
     save_shape_clip,
 )
-from models.text_encoder import tokenize
+from spatial_control.models.text_encoder import tokenize
 
 torch.set_num_threads(1)
 
