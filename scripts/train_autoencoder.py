@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import split_scene
+from scripts.training import load_checkpoint, save_checkpoint, train_dir, warmup_cosine
 from spatial_control.models.autoencoder import (
     DEFAULT_WEIGHTS,
     AutoencoderConfig,
@@ -88,11 +88,7 @@ def eval_scenes(count: int) -> list:
 # ------------------------------------------------------------------------------------------- schedule
 def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     """Linear warmup, then cosine decay to ``final_lr_fraction`` of the peak at ``total_steps``."""
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    t = min(1.0, (step - recipe.warmup_steps) / max(1, total_steps - recipe.warmup_steps))
-    floor = recipe.final_lr_fraction
-    return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+    return warmup_cosine(step, recipe.lr, recipe.warmup_steps, total_steps, recipe.final_lr_fraction)
 
 
 def psnr_of_mse(mse: float) -> float:
@@ -148,32 +144,6 @@ def latent_stats(model: ShapeAutoencoder, scenes: list, device: torch.device) ->
 
 
 # ------------------------------------------------------------------------------------------ checkpoint
-def default_cache_dir() -> Path:
-    root = os.environ.get("SPATIAL_CONTROL_CACHE") or Path.home() / ".cache" / "comfyui-spatial-control"
-    return Path(root) / "train" / "autoencoder"
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write via a temporary file and rename, so an interrupted write never leaves a broken checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, recipe: Recipe) -> dict | None:
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["recipe"] != asdict(recipe):
-        raise SystemExit(
-            f"checkpoint {path} was made with another recipe:\n  {state['recipe']}\n"
-            f"vs now\n  {asdict(recipe)}\n"
-            "pass --fresh to start over (or the old options to resume)"
-        )
-    return state
-
-
 # -------------------------------------------------------------------------------------------- training
 def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     defaults = Recipe()
@@ -184,7 +154,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--cache-dir", type=Path, default=train_dir("autoencoder"))
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="exported .safetensors path")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--log-every", type=int, default=25)
@@ -216,7 +186,7 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     checkpoint_path = args.cache_dir / "checkpoint.pt"
-    state = None if args.fresh else load_checkpoint(checkpoint_path, recipe)
+    state = None if args.fresh else load_checkpoint(checkpoint_path, asdict(recipe))
 
     torch.manual_seed(recipe.seed)
     model = ShapeAutoencoder(ARCHITECTURES[recipe.arch]).to(device)

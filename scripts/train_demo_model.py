@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +25,8 @@ import torch
 
 from benchmarks.shape_world.generator import split_scene
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES, SIZE_WORDS
-from scripts.comfy_headless import PACK_ROOT, cache_dir, find_comfyui
+from scripts.comfy_headless import PACK_ROOT, find_comfyui
+from scripts.training import train_dir, warmup_cosine
 from spatial_control.models.autoencoder import load_autoencoder
 from spatial_control.models.demo_model import (
     AUTOENCODER_FILE,
@@ -82,13 +82,6 @@ class SceneBatches(torch.utils.data.IterableDataset):
             k += workers
 
 
-def cosine_lr(step: int, base: float, warmup: int, total: int) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
@@ -102,7 +95,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--out", type=Path, default=PACK_ROOT / "models" / "weights")
-    parser.add_argument("--workdir", type=Path, default=cache_dir() / "train" / "demo_model")
+    parser.add_argument("--workdir", type=Path, default=train_dir("demo_model"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--init-from", type=Path, help="without a checkpoint: start from the weights exported in this folder"
@@ -156,8 +149,7 @@ def main() -> None:
             "optimizer": optimizer.state_dict(), "step": step, "samples": samples,
             "cpu_seconds": cpu_seconds, "args": {k: str(v) for k, v in vars(args).items()},
         }  # fmt: skip
-        torch.save(state, ckpt_path.with_suffix(".tmp"))
-        ckpt_path.with_suffix(".tmp").replace(ckpt_path)
+        save_checkpoint(ckpt_path, state)
 
     acp = alphas_cumprod().to(device)
     data = torch.utils.data.DataLoader(
@@ -169,7 +161,7 @@ def main() -> None:
     cpu_start = time.process_time()
     running = []
     for pixels, captions in data:
-        lr = cosine_lr(step, args.lr, warmup=200, total=args.total_steps)
+        lr = warmup_cosine(step, args.lr, warmup=200, total=args.total_steps, floor=0.1)
         for group in optimizer.param_groups:
             group["lr"] = lr
         with torch.no_grad():

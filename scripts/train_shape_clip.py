@@ -14,8 +14,6 @@ minutes and a rerun continues from it; every run ends by exporting fp16 weights 
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +24,7 @@ from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import make_caption, render_scene, split_scene
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, PAIRS, SHAPES, SIZE_WORDS, phrase
+from scripts.training import load_checkpoint, save_checkpoint, train_dir, warmup_cosine
 from spatial_control.models.shape_clip import (
     DEFAULT_WEIGHTS,
     ShapeCLIP,
@@ -238,11 +237,7 @@ def binding_win_rate(model: ShapeCLIP, tokens: TokenCache, count: int = MULTI_OB
 # ------------------------------------------------------------------------------------------- schedule
 def learning_rate(recipe: Recipe, step: int, total_steps: int) -> float:
     """Linear warmup, then cosine decay to ``final_lr_fraction`` of the peak at ``total_steps``."""
-    if step < recipe.warmup_steps:
-        return recipe.lr * (step + 1) / recipe.warmup_steps
-    t = min(1.0, (step - recipe.warmup_steps) / max(1, total_steps - recipe.warmup_steps))
-    floor = recipe.final_lr_fraction
-    return recipe.lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+    return warmup_cosine(step, recipe.lr, recipe.warmup_steps, total_steps, recipe.final_lr_fraction)
 
 
 def contrastive_loss(model: ShapeCLIP, images, captions: list[str], negatives: list[str], tokens: TokenCache):
@@ -269,32 +264,6 @@ def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
 
 
 # ------------------------------------------------------------------------------------------ checkpoint
-def default_cache_dir() -> Path:
-    root = os.environ.get("SPATIAL_CONTROL_CACHE") or Path.home() / ".cache" / "comfyui-spatial-control"
-    return Path(root) / "train" / "shape_clip"
-
-
-def save_checkpoint(path: Path, state: dict) -> None:
-    """Write via a temporary file and rename, so an interrupted write never leaves a broken checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, recipe: Recipe) -> dict | None:
-    if not path.is_file():
-        return None
-    state = torch.load(path, map_location="cpu", weights_only=False)
-    if state["recipe"] != asdict(recipe):
-        raise SystemExit(
-            f"checkpoint {path} was made with another recipe:\n  {state['recipe']}\n"
-            f"vs now\n  {asdict(recipe)}\n"
-            "pass --fresh to start over (or the old options to resume)"
-        )
-    return state
-
-
 # -------------------------------------------------------------------------------------------- training
 def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     defaults = Recipe()
@@ -305,7 +274,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--cache-dir", type=Path, default=train_dir("shape_clip"))
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="exported .safetensors path")
     parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     parser.add_argument("--log-every", type=int, default=25)
@@ -341,7 +310,7 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     checkpoint_path = args.cache_dir / "checkpoint.pt"
-    state = None if args.fresh else load_checkpoint(checkpoint_path, recipe)
+    state = None if args.fresh else load_checkpoint(checkpoint_path, asdict(recipe))
     tokens = TokenCache(default_tokenizer())
 
     torch.manual_seed(recipe.seed)
