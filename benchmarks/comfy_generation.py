@@ -45,27 +45,12 @@ class DemoModelSession:
         return (images.numpy() * 255).round().astype(np.uint8), out["samples"]
 
     def attention(self, captions: list[str], latents: torch.Tensor, noise_level: float = 0.5, seed: int = 0):
-        """Cross-attention maps ``[n, 77, h, w]`` (coarse layers) of each caption on its latent."""
-        from spatial_control.guidance.attention_store import AttentionStore, select_layers
-        from spatial_control.guidance.backends.comfy import (
-            cross_attention_layers,
-            install_attention_capture,
-            loaded_denoiser,
-        )
+        """Cross-attention maps ``[n, 77, h, w]`` (all layers) of each caption on its latent."""
+        from spatial_control.guidance.backends.comfy import cross_attention_layers, probe_attention
 
-        layers = select_layers(cross_attention_layers(self.model), "all")
-        patched = install_attention_capture(self.model, layers)
-        sampling = self.model.get_model_object("model_sampling")
-        sigma = torch.tensor([sampling.percent_to_sigma(1.0 - noise_level)])
-        with (
-            torch.inference_mode(),
-            loaded_denoiser(patched, self.encode(captions), latents.shape) as (den, cond),
-        ):
-            x0 = self.model.model.process_latent_in(latents)
-            noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed))
-            store = AttentionStore(layers)
-            den.denoise(x0 + sigma * noise, sigma, cond, store)
-            return store.maps().float()
+        with torch.inference_mode():
+            layers = cross_attention_layers(self.model)
+            return probe_attention(self.model, self.encode(captions), latents, layers, noise_level, seed)
 
     def token_positions(self, caption: str, phrases: list[str]) -> dict[str, list[int]]:
         from spatial_control.guidance.backends.comfy import locate_phrases

@@ -11,13 +11,8 @@ import torch
 import torch.nn.functional as F
 from comfy_api.latest import io, ui
 
-from ..guidance.attention_store import LAYER_PRESETS, AttentionStore, select_layers
-from ..guidance.backends.comfy import (
-    cross_attention_layers,
-    install_attention_capture,
-    loaded_denoiser,
-    locate_phrases,
-)
+from ..guidance.attention_store import LAYER_PRESETS, select_layers
+from ..guidance.backends.comfy import cross_attention_layers, locate_phrases, probe_attention
 from ..guidance.errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
 from .errors import blame_input
 from .phrases import parse_phrases
@@ -106,17 +101,9 @@ class CrossAttentionMaps(io.ComfyNode):
 
         samples = latent["samples"]
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        patched = install_attention_capture(model, chosen)
-        model_sampling = model.get_model_object("model_sampling")
-        sigma = torch.tensor(
-            [max(model_sampling.percent_to_sigma(1.0 - noise_level), float(model_sampling.sigma_min))]
-        )
-        with loaded_denoiser(patched, conditioning, samples.shape) as (denoiser, cond):
-            x0 = model.model.process_latent_in(samples.to(model.load_device, torch.float32))
-            noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
-            store = AttentionStore(chosen)
-            denoiser.denoise(x0 + sigma.to(x0.device) * noise, sigma.to(x0.device), cond, store)
-        maps = store.maps().float().cpu()  # [batch, tokens, h, w]
+        maps = probe_attention(
+            model, conditioning, samples, chosen, noise_level, seed
+        )  # [batch, tokens, h, w]
         per_phrase = torch.stack([maps[:, positions[p]].mean(1) for p in phrase_list], 1)
         size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
         masks = F.interpolate(per_phrase.flatten(0, 1)[:, None], size=size, mode="bilinear")[:, 0]

@@ -218,6 +218,23 @@ def loaded_denoiser(model_patcher, conditioning, latent_shape, seed: int = 0):
         comfy.sampler_helpers.cleanup_models(conds, loaded)
 
 
+def probe_attention(
+    model_patcher, conditioning, samples, layers, noise_level: float, seed: int
+) -> torch.Tensor:
+    """Cross-attention maps ``[batch, tokens, h, w]`` of ``layers`` for latent ``samples`` (as VAE
+    Encode or a sampler gives them) noised to ``noise_level`` of the schedule (1 = pure noise)."""
+    patched = install_attention_capture(model_patcher, layers)
+    model_sampling = model_patcher.get_model_object("model_sampling")
+    sigma = max(model_sampling.percent_to_sigma(1.0 - noise_level), float(model_sampling.sigma_min))
+    with loaded_denoiser(patched, conditioning, samples.shape) as (denoiser, cond):
+        x0 = model_patcher.model.process_latent_in(samples.to(model_patcher.load_device, torch.float32))
+        noise = torch.randn(samples.shape, generator=torch.Generator().manual_seed(seed)).to(x0.device)
+        sigma = torch.tensor([sigma], device=x0.device)
+        store = AttentionStore(layers)
+        denoiser.denoise(x0 + sigma * noise, sigma, cond, store)
+    return store.maps().float().cpu()
+
+
 def _clip_tokenizer(clip):
     """(key, SDTokenizer) of a CLIP-BPE text encoder of a ComfyUI CLIP, or a clear error."""
     tokenizer = getattr(clip, "tokenizer", None)
