@@ -101,9 +101,8 @@ class CrossAttentionMaps(io.ComfyNode):
 
         samples = latent["samples"]
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        maps = probe_attention(
-            model, conditioning, samples, chosen, noise_level, seed
-        )  # [batch, tokens, h, w]
+        # [batch, tokens, h, w]
+        maps = probe_attention(model, conditioning, samples, chosen, noise_level, seed)
         per_phrase = torch.stack([maps[:, positions[p]].mean(1) for p in phrase_list], 1)
         size = (samples.shape[-2] * 8, samples.shape[-1] * 8)
         masks = F.interpolate(per_phrase.flatten(0, 1)[:, None], size=size, mode="bilinear")[:, 0]
