@@ -143,7 +143,6 @@ def latent_stats(model: ShapeAutoencoder, scenes: list, device: torch.device) ->
     }
 
 
-# ------------------------------------------------------------------------------------------ checkpoint
 # -------------------------------------------------------------------------------------------- training
 def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     defaults = Recipe()

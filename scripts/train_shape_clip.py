@@ -263,7 +263,6 @@ def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
     return -(F.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
 
 
-# ------------------------------------------------------------------------------------------ checkpoint
 # -------------------------------------------------------------------------------------------- training
 def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     defaults = Recipe()
