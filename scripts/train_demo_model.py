@@ -191,7 +191,7 @@ def main() -> None:
         running.append(loss.item())
         now = time.time()
         if step % args.log_every == 0:
-            rate = args.log_every * args.batch / (now - last_log)
+            rate = len(running) * args.batch / (now - last_log)
             last_log = now
             print(
                 f"step {step} loss {np.mean(running):.4f} lr {lr:.2e} {rate:.1f} samples/s "
