@@ -14,14 +14,13 @@ import argparse
 import math
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import split_scene
-from scripts.training import load_checkpoint, save_checkpoint, train_dir, warmup_cosine
+from scripts.training import load_checkpoint, run_arguments, save_checkpoint, warmup_cosine
 from spatial_control.models.autoencoder import (
     DEFAULT_WEIGHTS,
     AutoencoderConfig,
@@ -146,20 +145,9 @@ def latent_stats(model: ShapeAutoencoder, scenes: list, device: torch.device) ->
 # -------------------------------------------------------------------------------------------- training
 def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     defaults = Recipe()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = run_arguments(
+        __doc__, "autoencoder", steps=3600, minutes=60.0, out=DEFAULT_WEIGHTS, eval_every=250
     )
-    parser.add_argument("--steps", type=int, default=3600, help="target number of optimizer steps")
-    parser.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--cache-dir", type=Path, default=train_dir("autoencoder"))
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="exported .safetensors path")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--checkpoint-seconds", type=float, default=120.0)
-    parser.add_argument("--no-export", action="store_true", help="skip the export (architecture trials)")
     parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=defaults.arch)
     for field in (
         "seed",

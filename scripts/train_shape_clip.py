@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,7 +23,7 @@ from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import make_caption, render_scene, split_scene
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, PAIRS, SHAPES, SIZE_WORDS, phrase
-from scripts.training import load_checkpoint, save_checkpoint, train_dir, warmup_cosine
+from scripts.training import load_checkpoint, run_arguments, save_checkpoint, warmup_cosine
 from spatial_control.models.shape_clip import (
     DEFAULT_WEIGHTS,
     ShapeCLIP,
@@ -266,26 +265,15 @@ def soft_cross_entropy(logits: torch.Tensor, positives: torch.Tensor) -> torch.T
 # -------------------------------------------------------------------------------------------- training
 def parse_args(argv=None) -> tuple[argparse.Namespace, Recipe]:
     defaults = Recipe()
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = run_arguments(
+        __doc__, "shape_clip", steps=1000, minutes=30.0, out=DEFAULT_WEIGHTS, eval_every=100
     )
-    parser.add_argument("--steps", type=int, default=1000, help="target number of optimizer steps")
-    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget of this invocation")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--cache-dir", type=Path, default=train_dir("shape_clip"))
-    parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS, help="exported .safetensors path")
-    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
-    parser.add_argument("--log-every", type=int, default=25)
-    parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--checkpoint-seconds", type=float, default=120.0)
     parser.add_argument(
         "--stop-accuracy",
         type=float,
         default=None,
         help="stop early once the zero-shot eval accuracy reaches this",
     )
-    parser.add_argument("--no-export", action="store_true", help="skip the export (trials)")
     for field in asdict(defaults):
         value = getattr(defaults, field)
         parser.add_argument("--" + field.replace("_", "-"), type=type(value), default=value)

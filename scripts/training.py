@@ -43,3 +43,25 @@ def warmup_cosine(step: int, peak: float, warmup: int, total: int, floor: float)
         return peak * (step + 1) / warmup
     t = min(1.0, (step - warmup) / max(1, total - warmup))
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def run_arguments(description: str, name: str, steps: int, minutes: float, out: Path, eval_every: int):
+    """An argument parser with the options every training script has (budget, device, checkpoint
+    folder, export path, logging); scripts add their recipe's options to it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=steps, help="target number of optimizer steps")
+    parser.add_argument("--minutes", type=float, default=minutes, help="wall-clock budget of this invocation")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--cache-dir", type=Path, default=train_dir(name))
+    parser.add_argument("--out", type=Path, default=out, help="exported .safetensors path")
+    parser.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
+    parser.add_argument("--log-every", type=int, default=25)
+    parser.add_argument("--eval-every", type=int, default=eval_every)
+    parser.add_argument("--checkpoint-seconds", type=float, default=120.0)
+    parser.add_argument("--no-export", action="store_true", help="skip the export (trials)")
+    return parser
