@@ -26,7 +26,7 @@ import torch
 from benchmarks.shape_world.generator import split_scene
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES, SIZE_WORDS
 from scripts.comfy_headless import PACK_ROOT, find_comfyui
-from scripts.training import train_dir, warmup_cosine
+from scripts.training import save_checkpoint, train_dir, warmup_cosine
 from spatial_control.models.autoencoder import load_autoencoder
 from spatial_control.models.demo_model import (
     AUTOENCODER_FILE,
@@ -142,7 +142,7 @@ def main() -> None:
         step, samples, cpu_seconds = record["steps"], record["samples"], record["cpu_minutes"] * 60
         print(f"warm start from {args.init_from} at step {step} (fresh optimiser)", flush=True)
 
-    def save_checkpoint() -> None:
+    def checkpoint_now() -> None:
         state = {
             "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
             "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
@@ -203,7 +203,7 @@ def main() -> None:
         if done or now - last_ckpt >= args.checkpoint_minutes * 60:
             cpu_seconds += time.process_time() - cpu_start
             cpu_start = time.process_time()
-            save_checkpoint()
+            checkpoint_now()
             last_ckpt = now
         if done:
             break
