@@ -5,10 +5,18 @@ from typing_extensions import override
 
 from .attention_maps import CrossAttentionMaps
 from .demo_model import ShapeWorldDemoModel
+from .guided_sampler import RegionGuidedKSampler, RegionGuider
+from .region_guidance import RegionBackwardGuidance
+from .regions import RegionFromBox, RegionFromMask
 
 NODES: list[type[io.ComfyNode]] = [
     CrossAttentionMaps,
     ShapeWorldDemoModel,
+    RegionFromBox,
+    RegionFromMask,
+    RegionBackwardGuidance,
+    RegionGuider,
+    RegionGuidedKSampler,
 ]
 
 

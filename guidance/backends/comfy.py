@@ -267,3 +267,18 @@ def locate_phrases(clip, prompt: str, phrases: list[str]) -> dict[str, list[int]
                 "write it in the prompt or change the phrase"
             ) from None
     return positions
+
+
+def prompt_text_tokens(clip, prompt: str) -> list[int]:
+    """Conditioning indices of the prompt's own tokens: in each 77-token chunk, those after the start
+    token and before the first end token (padding differs between CLIP-L and CLIP-G)."""
+    key, sd_tokenizer = _clip_tokenizer(clip)
+    positions = []
+    for c, chunk in enumerate(clip.tokenize(prompt)[key]):
+        for i, (tok, *_) in enumerate(chunk):
+            if isinstance(tok, int) and tok == sd_tokenizer.end_token:
+                break
+            if i == 0 and isinstance(tok, int) and tok == sd_tokenizer.start_token:
+                continue
+            positions.append(c * len(chunk) + i)
+    return positions

@@ -1,0 +1,76 @@
+"""REGIONS: the one currency between the pack's methods.
+
+A region says *where* a phrase of the prompt belongs: a soft mask at image resolution (values in
+[0, 1]), a weight, and the box it came from, if any. Nodes that find regions (grounding, region
+proposal) emit them; nodes that place things (backward guidance, the guided sampler) consume them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the width and height
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    phrase: str
+    mask: torch.Tensor  # [H, W] float in [0, 1], image resolution
+    weight: float = 1.0
+    box: Box | None = None
+
+    def __post_init__(self):
+        if not self.phrase.strip():
+            raise ValueError("a region needs a phrase")
+        if self.mask.ndim != 2:
+            raise ValueError(f"a region mask is [height, width], got shape {tuple(self.mask.shape)}")
+        if float(self.mask.max()) <= 0:
+            raise ValueError(f"the mask of region {self.phrase!r} is empty")
+
+
+Regions = tuple[Region, ...]
+
+
+def box_mask(box: Box, height: int, width: int) -> torch.Tensor:
+    """Hard ``[height, width]`` mask of a fractional box; every pixel the box touches by at least
+    half is inside."""
+    x0, y0, x1, y1 = box
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ValueError(f"box {box} must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+    ys = (torch.arange(height) + 0.5) / height
+    xs = (torch.arange(width) + 0.5) / width
+    inside_y = (ys >= y0) & (ys <= y1)
+    inside_x = (xs >= x0) & (xs <= x1)
+    mask = (inside_y[:, None] & inside_x[None, :]).float()
+    if mask.sum() == 0:  # a box thinner than a pixel still marks its nearest pixel
+        mask[min(int((y0 + y1) / 2 * height), height - 1), min(int((x0 + x1) / 2 * width), width - 1)] = 1
+    return mask
+
+
+def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> Box | None:
+    """Fractional bounding box of ``mask >= threshold`` (None if nothing reaches it)."""
+    rows = (mask >= threshold).any(1).nonzero()
+    cols = (mask >= threshold).any(0).nonzero()
+    if len(rows) == 0:
+        return None
+    h, w = mask.shape
+    return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
+
+
+def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a ``[..., H, W]`` mask to ``size`` by adaptive average pooling (the exact area average
+    when the sizes divide): soft edges where a cell is partly inside."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask.float()
+    lead = mask.shape[:-2]
+    flat = mask.float().reshape(-1, 1, *mask.shape[-2:])
+    return F.interpolate(flat, size=tuple(size), mode="area").reshape(*lead, *size)
+
+
+def region_masks(regions: Sequence[Region], size: tuple[int, int]) -> torch.Tensor:
+    """``[len(regions), h, w]`` masks resized to ``size``."""
+    return torch.stack([resize_mask(r.mask, size) for r in regions])

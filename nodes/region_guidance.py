@@ -1,0 +1,154 @@
+"""RegionBackwardGuidance: put each region's phrase where its region says, with the stock KSampler.
+
+Training-free region-wise backward guidance (ST-LDM, arXiv:2403.10004; update rule of layout
+guidance, Chen et al. WACV 2024): in the early sampling steps, an energy on the cross-attention of
+each region's tokens is differentiated with respect to the latent and the latent is moved down
+its gradient before the model predicts. The node patches a clone of the MODEL and encodes the
+prompt, so the phrases it guides are exactly the tokens the sampler sees.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..guidance.attention_store import LAYER_PRESETS, select_layers
+from ..guidance.backends.comfy import (
+    cross_attention_layers,
+    install_attention_capture,
+    locate_phrases,
+    prompt_text_tokens,
+    with_latent_guidance,
+)
+from ..guidance.backward_guidance import BackwardGuidance
+from ..guidance.errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
+from ..guidance.region_energies import EnergyWeights, RegionTarget
+from .errors import blame_input
+from .types import Regions
+
+NODE = "RegionBackwardGuidance"
+
+
+def guidance_inputs() -> list:
+    """The guidance settings, shared with the guided sampler nodes."""
+
+    def weight(name: str, default: float, tooltip: str):
+        return io.Float.Input(name, default=default, min=0.0, max=10.0, step=0.05, tooltip=tooltip)
+
+    return [
+        io.Float.Input(
+            "strength",
+            default=30.0,
+            min=0.0,
+            max=1000.0,
+            step=0.5,
+            tooltip="Step size of the latent update (x sigma^2); 30 is layout guidance's default. "
+            "0 turns guidance off.",
+        ),
+        io.Float.Input(
+            "start_at",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="First sampling step to guide, as a fraction of the steps.",
+        ),
+        io.Float.Input(
+            "end_at",
+            default=0.3,
+            min=0.0,
+            max=1.0,
+            step=0.01,
+            tooltip="Guide the steps before this fraction; the layout is decided early, so later "
+            "steps are left alone (and cost nothing extra).",
+        ),
+        io.Int.Input(
+            "iterations",
+            default=1,
+            min=1,
+            max=20,
+            tooltip="Gradient steps per sampling step, repeated while the energy is above the threshold "
+            "(each costs about one extra forward and backward pass).",
+        ),
+        io.Float.Input(
+            "threshold",
+            default=0.2,
+            min=0.0,
+            max=10.0,
+            step=0.01,
+            tooltip="Stop the repeated steps once the energy is below this.",
+        ),
+        io.Combo.Input(
+            "layers",
+            options=list(LAYER_PRESETS),
+            default="coarse",
+            tooltip="Cross-attention layers the energy reads: 'coarse' = mid block and the coarsest "
+            "decoder levels (layout guidance's choice).",
+        ),
+        weight("layout_weight", 1.0, "Layout-guidance energy: share of each phrase's attention outside it."),
+        weight("boxdiff_weight", 0.0, "BoxDiff energy: strong inside, weak outside, edges at the box."),
+        weight("presence_weight", 0.0, "Attend-and-Excite energy: each phrase's strongest response, inside."),
+    ]
+
+
+def make_guidance(
+    node: str, model, clip, regions, prompt: str, strength, start_at, end_at, iterations, threshold,
+    layers, layout_weight, boxdiff_weight, presence_weight,
+):  # fmt: skip
+    """Validate the inputs and return ``(guided MODEL clone, BackwardGuidance)``."""
+    if not regions:
+        with blame_input(node, "regions", ValueError):
+            raise ValueError("no region connected: build regions with Region from Box or Region from Mask")
+    with blame_input(node, "model", UnsupportedModelError):
+        all_layers = cross_attention_layers(model)
+    with blame_input(node, "layers", ValueError):
+        chosen = select_layers(all_layers, layers)
+    phrases = [r.phrase for r in regions]
+    with blame_input(node, "clip", UnknownTokenizerError), blame_input(node, "regions", PhraseNotFoundError):
+        positions = locate_phrases(clip, prompt, phrases)
+        text_tokens = prompt_text_tokens(clip, prompt)
+    with blame_input(node, "layout_weight", ValueError):
+        weights = EnergyWeights(layout_weight, boxdiff_weight, presence_weight)
+    targets = tuple(RegionTarget(tuple(positions[r.phrase]), r.mask, r.weight) for r in regions)
+    with blame_input(node, "end_at", ValueError):
+        guide = BackwardGuidance(
+            targets, tuple(chosen), weights, tuple(text_tokens),
+            strength, start_at, end_at, iterations, threshold,
+        )  # fmt: skip
+    if strength == 0:
+        return model, guide
+    return with_latent_guidance(install_attention_capture(model, chosen), guide), guide
+
+
+class RegionBackwardGuidance(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="Region Backward Guidance",
+            category="spatial_control/guidance",
+            description="Training-free placement: while sampling, moves the latent so that each region's "
+            "phrase attends inside its region. Connect the MODEL and CONDITIONING outputs to a stock "
+            "KSampler (use the same prompt's tokens: this node encodes the prompt for you).",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet)."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the prompt."),
+                Regions.Input("regions", tooltip="Where each phrase goes (Region from Box / Mask, ...)."),
+                io.String.Input(
+                    "prompt",
+                    multiline=True,
+                    default="a red circle and a blue square",
+                    tooltip="The positive prompt; every region's phrase must occur in it.",
+                ),
+                *guidance_inputs(),
+            ],
+            outputs=[
+                io.Model.Output(display_name="model", tooltip="The model with guidance; to KSampler."),
+                io.Conditioning.Output(display_name="positive", tooltip="The encoded prompt; to KSampler."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, model, clip, regions, prompt, **settings) -> io.NodeOutput:
+        guided, _ = make_guidance(NODE, model, clip, regions, prompt, **settings)
+        positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        return io.NodeOutput(guided, positive)

@@ -1,0 +1,6 @@
+"""The pack's custom socket types."""
+
+from comfy_api.latest import io
+
+# A tuple of guidance.regions.Region: phrase, soft mask, weight, optional box.
+Regions = io.Custom("REGIONS")

@@ -1,0 +1,146 @@
+"""Regions, region energies, per-region CFG and the backward-guidance update (plain torch)."""
+
+import pytest
+import torch
+
+from spatial_control.guidance.attention_store import CrossAttentionLayer
+from spatial_control.guidance.backends.diffusers import DiffusersDenoiser
+from spatial_control.guidance.backward_guidance import BackwardGuidance, step_fraction
+from spatial_control.guidance.region_energies import (
+    EnergyWeights,
+    RegionTarget,
+    boxdiff_energy,
+    layout_energy,
+    presence_energy,
+    region_energy,
+)
+from spatial_control.guidance.regional_cfg import region_guidance_term
+from spatial_control.guidance.regions import Region, box_mask, mask_box, resize_mask
+from tests.tiny_models import tiny_unet
+
+
+def test_box_mask_and_its_box_round_trip():
+    mask = box_mask((0.25, 0.5, 0.75, 1.0), 8, 16)
+    assert mask.shape == (8, 16)
+    assert mask[4:, 4:12].all() and mask.sum() == 4 * 8
+    assert mask_box(mask) == (0.25, 0.5, 0.75, 1.0)
+    assert box_mask((0.5, 0.5, 0.51, 0.51), 4, 4).sum() == 1  # thinner than a pixel: one pixel
+    with pytest.raises(ValueError, match="0 <= x0 < x1 <= 1"):
+        box_mask((0.5, 0.2, 0.4, 0.6), 8, 8)
+
+
+def test_resize_mask_averages_area():
+    mask = box_mask((0.0, 0.0, 0.5, 0.5), 64, 64)
+    small = resize_mask(mask, (4, 4))
+    assert torch.equal(small, torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
+    odd = resize_mask(box_mask((0.0, 0.0, 0.3, 1.0), 3, 3), (2, 2))  # sizes that do not divide
+    assert odd[0, 0] == 0.5 and odd[0, 1] == 0
+
+
+def test_region_rejects_empty_masks_and_phrases():
+    with pytest.raises(ValueError, match="empty"):
+        Region("red circle", torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="phrase"):
+        Region("  ", torch.ones(4, 4))
+
+
+def _maps(inside: float, batch: int = 1) -> tuple[torch.Tensor, RegionTarget]:
+    """Maps [batch, 4 tokens, 4, 4] where token 1 puts ``inside`` of its mass in the left half."""
+    maps = torch.full((batch, 4, 4, 4), 1 / 16)
+    maps[:, 1, :, :2] = inside / 8
+    maps[:, 1, :, 2:] = (1 - inside) / 8
+    mask = box_mask((0.0, 0.0, 0.5, 1.0), 32, 32)
+    return maps, RegionTarget((1,), mask)
+
+
+@pytest.mark.parametrize("inside, expected", [(1.0, 0.0), (0.5, 0.25), (0.0, 1.0)])
+def test_layout_energy_is_squared_share_outside(inside, expected):
+    maps, target = _maps(inside)
+    assert layout_energy(maps, [target]).item() == pytest.approx(expected)
+
+
+def test_energies_fall_as_attention_moves_into_the_region():
+    targets = lambda m: [m[1]]  # noqa: E731
+    for energy in (layout_energy, boxdiff_energy):
+        values = [energy(_maps(s)[0], targets(_maps(s))).item() for s in (0.1, 0.5, 0.9)]
+        assert values[0] > values[1] > values[2], energy.__name__
+    values = [presence_energy(_maps(s)[0], targets(_maps(s)), text_tokens=[1, 2]).item() for s in (0.1, 0.9)]
+    assert values[0] > values[1]
+
+
+def test_energies_are_per_batch_item_and_weighted():
+    maps, target = _maps(0.5, batch=3)
+    maps[1, 1] = maps[0, 1].flip(-1)  # item 1 puts 50% inside too; item 2 becomes fully inside
+    maps[2, 1, :, :2], maps[2, 1, :, 2:] = 1 / 8, 0
+    weights = EnergyWeights(layout=2.0, boxdiff=1.0)
+    energies = region_energy(maps, [target], weights)
+    assert energies.shape == (3,)
+    assert energies[2] < energies[0]
+    expected = 2.0 * layout_energy(maps, [target]) + boxdiff_energy(maps, [target])
+    assert torch.allclose(energies, expected)
+    heavy = RegionTarget(target.tokens, target.mask, weight=3.0)
+    assert torch.allclose(layout_energy(maps, [heavy]), 3 * layout_energy(maps, [target]))
+    with pytest.raises(ValueError, match="at least one"):
+        EnergyWeights(0, 0, 0)
+
+
+def test_region_guidance_term_acts_inside_masks_only():
+    uncond = torch.zeros(1, 4, 4, 4)
+    region_prediction = torch.ones(1, 4, 4, 4)
+    masks = box_mask((0.0, 0.0, 0.5, 1.0), 4, 4)[None]
+    term = region_guidance_term(uncond, [region_prediction], masks, [2.5])
+    assert torch.all(term[..., :2] == 2.5) and torch.all(term[..., 2:] == 0)
+    with pytest.raises(ValueError, match="one prediction"):
+        region_guidance_term(uncond, [region_prediction], masks, [1.0, 2.0])
+
+
+def test_step_fraction_follows_the_schedule():
+    sigmas = torch.tensor([10.0, 5.0, 2.0, 1.0, 0.0])
+    assert step_fraction(torch.tensor([10.0]), sigmas) == 0
+    assert step_fraction(torch.tensor([2.0]), sigmas) == 0.5
+    assert step_fraction(torch.tensor([2.0]), None) is None
+
+
+@pytest.fixture(scope="module")
+def denoiser():
+    return DiffusersDenoiser(tiny_unet(seed=3))
+
+
+def _guidance(denoiser, **kwargs) -> BackwardGuidance:
+    layers = tuple(layer for layer in denoiser.layers if layer.block != "input")
+    targets = (RegionTarget((1, 2), box_mask((0.0, 0.0, 0.5, 0.5), 16, 16)),)
+    return BackwardGuidance(targets, layers, **kwargs)
+
+
+def test_backward_guidance_lowers_the_energy(denoiser):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 16, 16, generator=gen) * 5
+    cond = torch.randn(2, 77, 32, generator=gen)
+    sigma = torch.tensor([5.0, 5.0])
+    guide = _guidance(denoiser, strength=0.5, iterations=3, threshold=0.0)
+    before, _ = guide.gradient(denoiser, x, sigma, cond)
+    moved = guide(denoiser, x, sigma, cond)
+    after, _ = guide.gradient(denoiser, moved, sigma, cond)
+    assert torch.all(after < before)
+    assert not torch.equal(moved, x)
+
+
+def test_backward_guidance_only_in_its_step_range_and_stops_below_threshold(denoiser):
+    x = torch.randn(1, 4, 16, 16)
+    cond = torch.randn(1, 77, 32)
+    sigmas = torch.linspace(10, 0, 11)
+    guide = _guidance(denoiser, start_at=0.2, end_at=0.5)
+    assert guide(denoiser, x, sigmas[1:2], cond, sigmas) is None
+    assert guide(denoiser, x, sigmas[2:3], cond, sigmas) is not None
+    assert guide(denoiser, x, sigmas[5:6], cond, sigmas) is None
+    satisfied = _guidance(denoiser, threshold=10.0)  # the energy is below 10 already: no move
+    assert torch.equal(satisfied(denoiser, x, sigmas[0:1], cond, sigmas), x)
+
+
+def test_backward_guidance_validates_its_settings():
+    layer = CrossAttentionLayer("middle", 0, 0, 4)
+    target = RegionTarget((1,), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="start_at <= end_at"):
+        BackwardGuidance((target,), (layer,), start_at=0.6, end_at=0.5)
+    with pytest.raises(ValueError, match="at least one region"):
+        BackwardGuidance((), (layer,))
