@@ -91,15 +91,29 @@ def layer_grid(latent_hw: tuple[int, int], tokens: int) -> tuple[int, int, int]:
     return h, w, downscale
 
 
+class AttentionCaptured(Exception):  # noqa: N818 (control flow, not an error)
+    """Raised by a store made with ``stop_when_complete`` once every wanted layer has recorded."""
+
+
 class AttentionStore:
     """Collects the cross-attention maps of one forward pass.
 
     ``record`` takes probabilities ``[batch * heads, positions, tokens]`` (softmax over tokens) and
     keeps their head mean as ``[batch, tokens, h, w]``; ``chunks`` labels the equal batch chunks as
     COND (0) or UNCOND (1), as ComfyUI's ``cond_or_uncond`` does.
+
+    With ``stop_when_complete``, recording the last wanted layer raises ``AttentionCaptured`` so
+    that the forward pass stops there: an energy on the maps needs nothing after them, and the
+    rest of the UNet (for SD, the expensive high-resolution decoder) is neither run nor
+    back-propagated through.
     """
 
-    def __init__(self, layers: Collection[CrossAttentionLayer] | None = None):
+    def __init__(
+        self, layers: Collection[CrossAttentionLayer] | None = None, stop_when_complete: bool = False
+    ):
+        if stop_when_complete and layers is None:
+            raise ValueError("stop_when_complete needs an explicit list of layers")
+        self.stop_when_complete = stop_when_complete
         self._wanted = None if layers is None else {layer.patch_key for layer in layers}
         self.maps_by_layer: dict[CrossAttentionLayer, torch.Tensor] = {}
         self.labels_by_layer: dict[CrossAttentionLayer, torch.Tensor] = {}
@@ -124,6 +138,8 @@ class AttentionStore:
         layer = CrossAttentionLayer(patch_key[0], int(patch_key[1]), int(patch_key[2]), downscale)
         self.maps_by_layer[layer] = maps
         self.labels_by_layer[layer] = labels
+        if self.stop_when_complete and len(self.maps_by_layer) == len(self._wanted):
+            raise AttentionCaptured
 
     @property
     def layers(self) -> list[CrossAttentionLayer]:

@@ -58,7 +58,7 @@ class BackwardGuidance:
             return True
         return self.start_at <= fraction < self.end_at
 
-    def energy(self, store: AttentionStore, denoised: torch.Tensor) -> torch.Tensor:
+    def energy(self, store: AttentionStore, denoised: torch.Tensor | None) -> torch.Tensor:
         return region_energy(store.maps(), self.targets, self.weights, self.text_tokens)
 
     def __call__(
@@ -85,10 +85,10 @@ class BackwardGuidance:
         """``(energy per batch item, dE/dx)`` at ``x``."""
         per_item: list[torch.Tensor] = []
 
-        def total(store: AttentionStore, denoised: torch.Tensor) -> torch.Tensor:
+        def total(store: AttentionStore, denoised: torch.Tensor | None) -> torch.Tensor:
             e = self.energy(store, denoised)
             per_item.append(e.detach())
             return e.sum()
 
-        _, grad, _ = energy_gradient(denoiser, x, sigma, cond, self.layers, total)
+        _, grad, _ = energy_gradient(denoiser, x, sigma, cond, self.layers, total, needs_prediction=False)
         return per_item[0], grad

@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from .attention_store import AttentionStore, CrossAttentionLayer
+from .attention_store import AttentionCaptured, AttentionStore, CrossAttentionLayer
 
 
 class Denoiser(Protocol):
@@ -42,18 +42,25 @@ def energy_gradient(
     sigma: torch.Tensor,
     cond,
     layers: Collection[CrossAttentionLayer] | None,
-    energy: Callable[[AttentionStore, torch.Tensor], torch.Tensor],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    energy: Callable[[AttentionStore, torch.Tensor | None], torch.Tensor],
+    needs_prediction: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """One differentiable forward: returns ``(energy, dE/dx, denoised)``, all detached.
 
     ``energy(store, denoised)`` maps the captured attention (and, if it needs it, the prediction)
-    to a scalar.
+    to a scalar. With ``needs_prediction=False`` (an energy of the maps alone, on an explicit
+    list of ``layers``) the forward stops after the last of ``layers`` and ``denoised`` is None.
     """
+    if not needs_prediction and layers is None:
+        raise ValueError("an energy without the prediction needs an explicit list of layers")
     with gradients_enabled():
         x = x.detach().clone().requires_grad_(True)
         sigma = sigma.detach().clone()
-        store = AttentionStore(layers)
-        denoised = denoiser.denoise(x, sigma, cond, store)
+        store = AttentionStore(layers, stop_when_complete=not needs_prediction)
+        try:
+            denoised = denoiser.denoise(x, sigma, cond, store)
+        except AttentionCaptured:
+            denoised = None
         value = energy(store, denoised)
         (grad,) = torch.autograd.grad(value, x)
-    return value.detach(), grad.detach(), denoised.detach()
+    return value.detach(), grad.detach(), None if denoised is None else denoised.detach()

@@ -144,3 +144,24 @@ def test_backward_guidance_validates_its_settings():
         BackwardGuidance((target,), (layer,), start_at=0.6, end_at=0.5)
     with pytest.raises(ValueError, match="at least one region"):
         BackwardGuidance((), (layer,))
+
+
+def test_stopping_after_the_last_wanted_layer_gives_the_same_gradient(denoiser):
+    from spatial_control.guidance.latent_gradient import energy_gradient
+
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(1)) * 3
+    cond = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(2))
+    guide = _guidance(denoiser)
+    seen = []
+
+    def energy(store, denoised):
+        seen.append(denoised)
+        return guide.energy(store, denoised).sum()
+
+    args = (denoiser, x, torch.tensor([3.0]), cond, guide.layers, energy)
+    full_energy, full_grad, full_denoised = energy_gradient(*args)
+    early_energy, early_grad, early_denoised = energy_gradient(*args, needs_prediction=False)
+    assert full_denoised is not None and early_denoised is None and seen[1] is None
+    assert torch.allclose(early_energy, full_energy) and torch.allclose(early_grad, full_grad, atol=1e-7)
+    with pytest.raises(ValueError, match="explicit list of layers"):
+        energy_gradient(denoiser, x, torch.tensor([3.0]), cond, None, energy, needs_prediction=False)
