@@ -37,12 +37,12 @@ def guidance_inputs() -> list:
     return [
         io.Float.Input(
             "strength",
-            default=30.0,
+            default=0.2,
             min=0.0,
-            max=1000.0,
-            step=0.5,
-            tooltip="Step size of the latent update (x sigma^2); 30 is layout guidance's default. "
-            "0 turns guidance off.",
+            max=5.0,
+            step=0.01,
+            tooltip="How far each gradient step moves the latent, in units of the current noise level "
+            "(RMS over the latent). 0 turns guidance off.",
         ),
         io.Float.Input(
             "start_at",
@@ -54,20 +54,20 @@ def guidance_inputs() -> list:
         ),
         io.Float.Input(
             "end_at",
-            default=0.3,
+            default=0.1,
             min=0.0,
             max=1.0,
             step=0.01,
-            tooltip="Guide the steps before this fraction; the layout is decided early, so later "
-            "steps are left alone (and cost nothing extra).",
+            tooltip="Guide the steps before this fraction of the steps; the layout is decided in the "
+            "first steps, so later ones are left alone (and cost nothing extra).",
         ),
         io.Int.Input(
             "iterations",
-            default=1,
+            default=4,
             min=1,
             max=20,
-            tooltip="Gradient steps per sampling step, repeated while the energy is above the threshold "
-            "(each costs about one extra forward and backward pass).",
+            tooltip="Gradient steps per guided sampling step, repeated while the energy is above the "
+            "threshold (each costs about one extra forward and backward pass of the model).",
         ),
         io.Float.Input(
             "threshold",
@@ -75,14 +75,15 @@ def guidance_inputs() -> list:
             min=0.0,
             max=10.0,
             step=0.01,
-            tooltip="Stop the repeated steps once the energy is below this.",
+            tooltip="An image whose energy is below this is not moved further.",
         ),
         io.Combo.Input(
             "layers",
             options=list(LAYER_PRESETS),
-            default="coarse",
-            tooltip="Cross-attention layers the energy reads: 'coarse' = mid block and the coarsest "
-            "decoder levels (layout guidance's choice).",
+            default="all",
+            tooltip="Cross-attention layers the energy reads: 'all' (default) or 'coarse' = mid block and "
+            "the coarsest decoder levels (layout guidance's choice for SD1.5; stops the gradient pass "
+            "early, so each step is cheaper).",
         ),
         weight("layout_weight", 1.0, "Layout-guidance energy: share of each phrase's attention outside it."),
         weight("boxdiff_weight", 0.0, "BoxDiff energy: strong inside, weak outside, edges at the box."),

@@ -48,7 +48,7 @@ def _graph(guided: bool = True, batch: int = 1, phrase: str = "red circle", **gu
                 "clip": ["1", 1],
                 "regions": ["4", 0],
                 "prompt": PROMPT,
-                "strength": 30.0,
+                "strength": 0.2,
                 "start_at": 0.0,
                 "end_at": 0.5,
                 "iterations": 2,
@@ -138,7 +138,7 @@ def test_guidance_composes_with_an_existing_attn2_patch(comfy, sd15):
     patched = model.clone()
     patched.set_model_attn2_replace(existing_patch, "middle", 0, 0)
     regions = RegionFromBox.execute(0.0, 0.0, 0.5, 0.5, 64, 64, "red circle", 1.0).result[0]
-    settings = dict(strength=30.0, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, layers="all",
+    settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, layers="all",
                     layout_weight=1.0, boxdiff_weight=0.0, presence_weight=0.0)  # fmt: skip
     nodes = comfy.node_classes
 
@@ -172,7 +172,7 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
     stock = comfy.node_output("8")[0]["samples"]
     mine = comfy.node_output("9")[0]["samples"]
     assert torch.allclose(mine, stock, atol=1e-5)
-    graph["9"]["inputs"].update(region_cfg=2.0, strength=30.0)
+    graph["9"]["inputs"].update(region_cfg=2.0, strength=0.2)
     comfy.run(graph)
     assert (comfy.node_output("9")[0]["samples"] - stock).abs().max() > 1e-3
 
@@ -183,7 +183,7 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
         "10": {
             "class_type": "RegionGuider",
             "inputs": {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
-                       "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 30.0, "start_at": 0.0,
+                       "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
                        "end_at": 0.5, "iterations": 1, "threshold": 0.0, "layers": "coarse",
                        "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0},
         },

@@ -117,7 +117,7 @@ def test_backward_guidance_lowers_the_energy(denoiser):
     x = torch.randn(2, 4, 16, 16, generator=gen) * 5
     cond = torch.randn(2, 77, 32, generator=gen)
     sigma = torch.tensor([5.0, 5.0])
-    guide = _guidance(denoiser, strength=0.5, iterations=3, threshold=0.0)
+    guide = _guidance(denoiser, strength=0.1, iterations=3, threshold=0.0)
     before, _ = guide.gradient(denoiser, x, sigma, cond)
     moved = guide(denoiser, x, sigma, cond)
     after, _ = guide.gradient(denoiser, moved, sigma, cond)
