@@ -16,21 +16,12 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..guidance.backends.comfy_guider import RegionalCFGGuider
-from .region_guidance import guidance_inputs, make_guidance
-from .types import Regions
+from .region_guidance import guidance_inputs, make_guidance, placement_inputs
 
 
 def _inputs() -> list:
     return [
-        io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet)."),
-        io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the prompt and the phrases."),
-        Regions.Input("regions", tooltip="Where each phrase goes (Region from Box / Mask, ...)."),
-        io.String.Input(
-            "prompt",
-            multiline=True,
-            default="a red circle and a blue square",
-            tooltip="The positive prompt; every region's phrase must occur in it.",
-        ),
+        *placement_inputs("The CLIP of the same checkpoint: encodes the prompt and the phrases."),
         io.Conditioning.Input("negative", tooltip="The negative conditioning (e.g. an empty prompt)."),
         io.Float.Input(
             "cfg", default=7.0, min=0.0, max=100.0, step=0.1, round=0.01, tooltip="CFG scale of the prompt."

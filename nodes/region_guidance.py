@@ -28,6 +28,21 @@ from .types import Regions
 NODE = "RegionBackwardGuidance"
 
 
+def placement_inputs(clip_tooltip: str) -> list:
+    """MODEL, CLIP, REGIONS and the prompt: what every node that places regions starts with."""
+    return [
+        io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet)."),
+        io.Clip.Input("clip", tooltip=clip_tooltip),
+        Regions.Input("regions", tooltip="Where each phrase goes (Region from Box / Mask, ...)."),
+        io.String.Input(
+            "prompt",
+            multiline=True,
+            default="a red circle and a blue square",
+            tooltip="The positive prompt; every region's phrase must occur in it.",
+        ),
+    ]
+
+
 def guidance_inputs() -> list:
     """The guidance settings, shared with the guided sampler nodes."""
 
@@ -131,15 +146,7 @@ class RegionBackwardGuidance(io.ComfyNode):
             "phrase attends inside its region. Connect the MODEL and CONDITIONING outputs to a stock "
             "KSampler (use the same prompt's tokens: this node encodes the prompt for you).",
             inputs=[
-                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet)."),
-                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the prompt."),
-                Regions.Input("regions", tooltip="Where each phrase goes (Region from Box / Mask, ...)."),
-                io.String.Input(
-                    "prompt",
-                    multiline=True,
-                    default="a red circle and a blue square",
-                    tooltip="The positive prompt; every region's phrase must occur in it.",
-                ),
+                *placement_inputs("The CLIP of the same checkpoint: encodes the prompt."),
                 *guidance_inputs(),
             ],
             outputs=[

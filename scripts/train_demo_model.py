@@ -132,7 +132,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
     parser.add_argument("--workers", type=int, default=0, help="data-generating processes (use on GPU)")
     parser.add_argument("--minutes", type=float, default=60.0, help="stop after this much wall time")
-    parser.add_argument("--total-steps", type=int, default=6000, help="length of the LR schedule")
+    parser.add_argument("--total-steps", type=int, default=5000, help="length of the LR schedule")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
