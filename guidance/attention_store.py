@@ -100,7 +100,8 @@ class AttentionStore:
 
     ``record`` takes probabilities ``[batch * heads, positions, tokens]`` (softmax over tokens) and
     keeps their head mean as ``[batch, tokens, h, w]``; ``chunks`` labels the equal batch chunks as
-    COND (0) or UNCOND (1), as ComfyUI's ``cond_or_uncond`` does.
+    COND (0) or UNCOND (1), as ComfyUI's ``cond_or_uncond`` does. A layer that records again in the
+    same forward pass (a host that split the batch to fit in memory) appends to its maps.
 
     With ``stop_when_complete``, recording the last wanted layer raises ``AttentionCaptured`` so
     that the forward pass stops there: an energy on the maps needs nothing after them, and the
@@ -136,6 +137,9 @@ class AttentionStore:
         chunks = chunks or [COND]
         labels = torch.tensor(chunks).repeat_interleave(batch // len(chunks))
         layer = CrossAttentionLayer(patch_key[0], int(patch_key[1]), int(patch_key[2]), downscale)
+        if layer in self.maps_by_layer:
+            maps = torch.cat([self.maps_by_layer[layer], maps])
+            labels = torch.cat([self.labels_by_layer[layer], labels])
         self.maps_by_layer[layer] = maps
         self.labels_by_layer[layer] = labels
         if self.stop_when_complete and len(self.maps_by_layer) == len(self._wanted):

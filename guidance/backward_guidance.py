@@ -100,4 +100,9 @@ class BackwardGuidance:
             return e.sum()
 
         _, grad, _ = energy_gradient(denoiser, x, sigma, cond, self.layers, total, needs_prediction=False)
+        if per_item[0].shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"backward guidance saw attention for {per_item[0].shape[0]} of {x.shape[0]} images: the "
+                "host split the batch to fit in memory; use a smaller batch"
+            )
         return per_item[0], grad

@@ -87,3 +87,14 @@ def test_find_token_positions_counts_across_chunks():
     assert find_token_positions(chunks, [5]) == [7]
     with pytest.raises(PhraseNotFoundError):
         find_token_positions(chunks, [3, 4, 9])
+
+
+def test_a_layer_recorded_twice_in_one_pass_appends_the_batch():
+    store = AttentionStore()
+    heads = 2
+    first = torch.rand(1 * heads, 16, 5).softmax(-1)
+    second = torch.rand(2 * heads, 16, 5).softmax(-1)
+    store.record(("output", 3, 0), first, heads, (4, 4))
+    store.record(("output", 3, 0), second, heads, (4, 4), chunks=[UNCOND, COND])
+    assert store.maps(which=COND).shape == (2, 5, 4, 4)
+    assert store.maps(which=UNCOND).shape == (1, 5, 4, 4)

@@ -165,3 +165,14 @@ def test_stopping_after_the_last_wanted_layer_gives_the_same_gradient(denoiser):
     assert torch.allclose(early_energy, full_energy) and torch.allclose(early_grad, full_grad, atol=1e-7)
     with pytest.raises(ValueError, match="explicit list of layers"):
         energy_gradient(denoiser, x, torch.tensor([3.0]), cond, None, energy, needs_prediction=False)
+
+
+def test_backward_guidance_refuses_a_partial_batch(denoiser):
+    class FirstItemOnly:  # a host whose forward saw only part of the batch
+        def denoise(self, x, sigma, cond, store=None):
+            return denoiser.denoise(x[:1], sigma[:1], cond[:1], store)
+
+    x = torch.randn(2, 4, 16, 16)
+    cond = torch.randn(2, 77, 32)
+    with pytest.raises(RuntimeError, match="saw attention for 1 of 2 images"):
+        _guidance(denoiser).gradient(FirstItemOnly(), x, torch.tensor([3.0, 3.0]), cond)
