@@ -41,7 +41,7 @@ def _inputs() -> list:
 
 
 def build_guider(node: str, model, clip, regions, prompt, negative, cfg, region_cfg, **settings):
-    guided, _ = make_guidance(node, model, clip, regions, prompt, **settings)
+    guided = make_guidance(node, model, clip, regions, prompt, **settings)
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
     if region_cfg > 0:
         conds = [clip.encode_from_tokens_scheduled(clip.tokenize(r.phrase)) for r in regions]

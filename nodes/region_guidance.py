@@ -110,15 +110,22 @@ def make_guidance(
     node: str, model, clip, regions, prompt: str, strength, start_at, end_at, iterations, threshold,
     layers, layout_weight, boxdiff_weight, presence_weight,
 ):  # fmt: skip
-    """Validate the inputs and return ``(guided MODEL clone, BackwardGuidance)``."""
+    """Validate the inputs and return the guided MODEL clone (the MODEL itself if strength is 0)."""
     if not regions:
         with blame_input(node, "regions", ValueError):
             raise ValueError("no region connected: build regions with Region from Box or Region from Mask")
+    phrases = [r.phrase for r in regions]
+    repeated = sorted({p for p in phrases if phrases.count(p) > 1})
+    if repeated:
+        with blame_input(node, "regions", ValueError):
+            raise ValueError(
+                f"several regions have the phrase {repeated[0]!r}; a phrase names one thing in the prompt, "
+                "so give each region its own words (e.g. 'large red circle', 'small red circle')"
+            )
     with blame_input(node, "model", UnsupportedModelError):
         all_layers = cross_attention_layers(model)
     with blame_input(node, "layers", ValueError):
         chosen = select_layers(all_layers, layers)
-    phrases = [r.phrase for r in regions]
     with blame_input(node, "clip", UnknownTokenizerError), blame_input(node, "regions", PhraseNotFoundError):
         positions = locate_phrases(clip, prompt, phrases)
         text_tokens = prompt_text_tokens(clip, prompt)
@@ -131,8 +138,8 @@ def make_guidance(
             strength, start_at, end_at, iterations, threshold,
         )  # fmt: skip
     if strength == 0:
-        return model, guide
-    return with_latent_guidance(install_attention_capture(model, chosen), guide), guide
+        return model
+    return with_latent_guidance(install_attention_capture(model, chosen), guide)
 
 
 class RegionBackwardGuidance(io.ComfyNode):
@@ -157,6 +164,6 @@ class RegionBackwardGuidance(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, regions, prompt, **settings) -> io.NodeOutput:
-        guided, _ = make_guidance(NODE, model, clip, regions, prompt, **settings)
+        guided = make_guidance(NODE, model, clip, regions, prompt, **settings)
         positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
         return io.NodeOutput(guided, positive)

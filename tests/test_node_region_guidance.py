@@ -206,6 +206,8 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
     [
         ({"phrase": "green triangle"},
          "RegionBackwardGuidance: input 'regions': phrase 'green triangle' is not in"),
+        ({"phrase": "blue square"},
+         "RegionBackwardGuidance: input 'regions': several regions have the phrase"),
         ({"phrase": "  "}, "RegionFromBox: input 'phrase': is empty"),
         ({"layout_weight": 0.0, "boxdiff_weight": 0.0, "presence_weight": 0.0},
          "RegionBackwardGuidance: input 'layout_weight': at least one energy weight"),
