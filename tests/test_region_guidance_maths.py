@@ -176,3 +176,20 @@ def test_backward_guidance_refuses_a_partial_batch(denoiser):
     cond = torch.randn(2, 77, 32)
     with pytest.raises(RuntimeError, match="saw attention for 1 of 2 images"):
         _guidance(denoiser).gradient(FirstItemOnly(), x, torch.tensor([3.0, 3.0]), cond)
+
+
+def test_the_step_is_measured_in_noise_units_whatever_the_energy_scale(denoiser):
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(4)) * 5
+    cond = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(5))
+    sigma = torch.tensor([5.0])
+    mask = box_mask((0.0, 0.0, 0.5, 0.5), 16, 16)
+    layers = tuple(denoiser.layers)
+    moves = []
+    for weight in (1.0, 10.0):
+        guide = BackwardGuidance(
+            (RegionTarget((1, 2), mask, weight),), layers, strength=0.1, iterations=1, threshold=0
+        )
+        moves.append(guide(denoiser, x, sigma, cond) - x)
+    assert torch.allclose(moves[0], moves[1], atol=1e-5)
+    rms = moves[0].pow(2).mean().sqrt()
+    assert rms.item() == pytest.approx(0.1 * 5.0, rel=1e-4)  # strength x sigma
