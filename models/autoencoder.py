@@ -184,14 +184,9 @@ def load_autoencoder(
     Raises FileNotFoundError if the weights or their JSON are missing and ValueError if either is corrupt;
     both messages name the file and the command that rebuilds it.
     """
-    path = Path(path)
-    state, meta = weights_io.read_weights(path, "autoencoder", REBUILD_COMMAND)
-    try:
-        model = ShapeAutoencoder(AutoencoderConfig.from_dict(meta["config"]))
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise weights_io.unusable(
-            path, "autoencoder", REBUILD_COMMAND, f"weights do not match the config: {err}"
-        ) from None
+    model, meta = weights_io.load_module(
+        Path(path), "autoencoder", REBUILD_COMMAND,
+        lambda meta: ShapeAutoencoder(AutoencoderConfig.from_dict(meta["config"])),
+    )  # fmt: skip
     model.latent_stats = dict(meta.get("latent") or {})
     return model.to(device).eval()

@@ -216,14 +216,9 @@ def load_shape_clip(path: str | Path = DEFAULT_WEIGHTS, device: str | torch.devi
     Raises FileNotFoundError if the weights or their JSON are missing and ValueError if either is corrupt;
     both messages name the file and the command that rebuilds it.
     """
-    path = Path(path)
-    state, meta = weights_io.read_weights(path, "ShapeCLIP", REBUILD_COMMAND)
-    try:
-        model = ShapeCLIP(ShapeCLIPConfig.from_dict(meta["config"]))
-        model.load_state_dict(state)
-    except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        raise weights_io.unusable(
-            path, "ShapeCLIP", REBUILD_COMMAND, f"weights do not match the config: {err}"
-        ) from None
+    model, meta = weights_io.load_module(
+        Path(path), "ShapeCLIP", REBUILD_COMMAND,
+        lambda meta: ShapeCLIP(ShapeCLIPConfig.from_dict(meta["config"])),
+    )  # fmt: skip
     model.info = meta
     return model.to(device).eval()

@@ -5,6 +5,7 @@ command that rebuilds it."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -52,3 +53,17 @@ def read_weights(path: Path, what: str, rebuild: str) -> tuple[dict[str, torch.T
 
 def unusable(path: Path, what: str, rebuild: str, reason: str) -> ValueError:
     return ValueError(f"{what} file {path} is unusable ({reason}); rebuild it with `{rebuild}`")
+
+
+def load_module(
+    path: Path, what: str, rebuild: str, build: Callable[[dict], torch.nn.Module]
+) -> tuple[torch.nn.Module, dict]:
+    """``(module, meta)``: ``build(meta)`` makes the module from the JSON's config and the weights are
+    loaded into it; a config or weights that do not fit raise :func:`unusable`."""
+    state, meta = read_weights(path, what, rebuild)
+    try:
+        module = build(meta)
+        module.load_state_dict(state)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        raise unusable(path, what, rebuild, f"weights do not match the config: {err}") from None
+    return module, meta
