@@ -92,17 +92,12 @@ class BackwardGuidance:
 
     def gradient(self, denoiser: Denoiser, x, sigma, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """``(energy per batch item, dE/dx)`` at ``x``."""
-        per_item: list[torch.Tensor] = []
-
-        def total(store: AttentionStore, denoised: torch.Tensor | None) -> torch.Tensor:
-            e = self.energy(store, denoised)
-            per_item.append(e.detach())
-            return e.sum()
-
-        _, grad, _ = energy_gradient(denoiser, x, sigma, cond, self.layers, total, needs_prediction=False)
-        if per_item[0].shape[0] != x.shape[0]:
+        energies, grad, _ = energy_gradient(
+            denoiser, x, sigma, cond, self.layers, self.energy, needs_prediction=False
+        )
+        if energies.shape[0] != x.shape[0]:
             raise RuntimeError(
-                f"backward guidance saw attention for {per_item[0].shape[0]} of {x.shape[0]} images: the "
+                f"backward guidance saw attention for {energies.shape[0]} of {x.shape[0]} images: the "
                 "host split the batch to fit in memory; use a smaller batch"
             )
-        return per_item[0], grad
+        return energies, grad

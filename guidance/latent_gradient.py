@@ -48,7 +48,8 @@ def energy_gradient(
     """One differentiable forward: returns ``(energy, dE/dx, denoised)``, all detached.
 
     ``energy(store, denoised)`` maps the captured attention (and, if it needs it, the prediction)
-    to a scalar. With ``needs_prediction=False`` (an energy of the maps alone, on an explicit
+    to a scalar or to one value per batch item; the gradient is that of their sum, so each item's
+    gradient is its own. With ``needs_prediction=False`` (an energy of the maps alone, on an explicit
     list of ``layers``) the forward stops after the last of ``layers`` and ``denoised`` is None.
     """
     if not needs_prediction and layers is None:
@@ -62,5 +63,5 @@ def energy_gradient(
         except AttentionCaptured:
             denoised = None
         value = energy(store, denoised)
-        (grad,) = torch.autograd.grad(value, x)
+        (grad,) = torch.autograd.grad(value.sum(), x)
     return value.detach(), grad.detach(), None if denoised is None else denoised.detach()

@@ -25,8 +25,6 @@ import torch.nn.functional as F
 
 from .regions import resize_mask
 
-ENERGIES = ("layout", "boxdiff", "presence")
-
 
 @dataclass(frozen=True, eq=False)
 class RegionTarget:

@@ -7,7 +7,6 @@ proposal) emit them; nodes that place things (backward guidance, the guided samp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -69,8 +68,3 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     lead = mask.shape[:-2]
     flat = mask.float().reshape(-1, 1, *mask.shape[-2:])
     return F.interpolate(flat, size=tuple(size), mode="area").reshape(*lead, *size)
-
-
-def region_masks(regions: Sequence[Region], size: tuple[int, int]) -> torch.Tensor:
-    """``[len(regions), h, w]`` masks resized to ``size``."""
-    return torch.stack([resize_mask(r.mask, size) for r in regions])
