@@ -128,8 +128,8 @@ def make_weights_differentiable(module: torch.nn.Module) -> None:
 
     ComfyUI loads (and re-patches, e.g. for LoRAs) weights inside ``torch.inference_mode``;
     autograd cannot save such tensors for backward. Values, devices and dtypes are unchanged, so
-    this is invisible to every other user of the model; it is re-checked on each call because the
-    ModelPatcher may swap weights between runs.
+    this is invisible to every other user of the model. ``ComfyDenoiser`` re-checks at the first
+    gradient pass of each sampling step, because the ModelPatcher may swap weights between runs.
     """
     with torch.inference_mode(False):
         for sub in module.modules():
@@ -151,13 +151,16 @@ class ComfyDenoiser:
     def __init__(self, model, model_options: dict):
         self.model = model
         self.model_options = model_options
+        self._weights_checked = False  # a denoiser lives for one sampling step: check once, when used
 
     def denoise(self, x, sigma, cond, store: AttentionStore | None = None):
         options = comfy.model_patcher.create_model_options_clone(self.model_options)
         transformer_options = dict(options.get("transformer_options", {}))
         transformer_options[STORE_KEY] = store
         options["transformer_options"] = transformer_options
-        make_weights_differentiable(self.model.diffusion_model)
+        if not self._weights_checked:
+            make_weights_differentiable(self.model.diffusion_model)
+            self._weights_checked = True
         sigma = sigma.reshape(-1).expand(x.shape[0]) if sigma.numel() == 1 else sigma
         return comfy.samplers.calc_cond_batch(self.model, [cond], x, sigma, options)[0]
 
