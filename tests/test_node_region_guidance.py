@@ -53,6 +53,7 @@ def _graph(guided: bool = True, batch: int = 1, phrase: str = "red circle", **gu
                 "end_at": 0.5,
                 "iterations": 2,
                 "threshold": 0.0,
+                "target_scale": 0.8,
                 "layers": "all",
                 "layout_weight": 1.0,
                 "boxdiff_weight": 0.5,
@@ -103,6 +104,7 @@ def test_guidance_moves_the_sample_and_leaves_the_source_model_alone(comfy):
     assert torch.equal(_samples(comfy, _graph(), fresh=True), guided)  # deterministic, no state kept
     off = _samples(comfy, _graph(strength=0.0))
     assert torch.equal(off, plain)
+    assert not torch.equal(_samples(comfy, _graph(target_scale=1.0)), guided)  # the target reaches the energy
 
 
 def test_regions_chain_with_masks_and_preview(comfy):
@@ -138,8 +140,8 @@ def test_guidance_composes_with_an_existing_attn2_patch(comfy, sd15):
     patched = model.clone()
     patched.set_model_attn2_replace(existing_patch, "middle", 0, 0)
     regions = RegionFromBox.execute(0.0, 0.0, 0.5, 0.5, 64, 64, "red circle", 1.0).result[0]
-    settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, layers="all",
-                    layout_weight=1.0, boxdiff_weight=0.0, presence_weight=0.0)  # fmt: skip
+    settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, target_scale=1.0,
+                    layers="all", layout_weight=1.0, boxdiff_weight=0.0, presence_weight=0.0)  # fmt: skip
     nodes = comfy.node_classes
 
     def sample(m, positive):
@@ -165,7 +167,8 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
                    "negative": ["6", 0], "cfg": 5.0, "region_cfg": 0.0, "latent_image": ["2", 0], "seed": 3,
                    "steps": 4, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                    "strength": 0.0, "start_at": 0.0, "end_at": 0.3, "iterations": 1, "threshold": 0.2,
-                   "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0},
+                   "target_scale": 0.8, "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
+                   "presence_weight": 0.0},
     }  # fmt: skip
     _preview(graph, "9")
     comfy.run(graph)
@@ -184,8 +187,9 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
             "class_type": "RegionGuider",
             "inputs": {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
                        "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
-                       "end_at": 0.5, "iterations": 1, "threshold": 0.0, "layers": "coarse",
-                       "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0},
+                       "end_at": 0.5, "iterations": 1, "threshold": 0.0, "target_scale": 0.8,
+                       "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
+                       "presence_weight": 0.0},
         },
         "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
         "12": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},

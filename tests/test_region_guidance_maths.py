@@ -15,7 +15,7 @@ from spatial_control.guidance.region_energies import (
     region_energy,
 )
 from spatial_control.guidance.regional_cfg import region_guidance_term
-from spatial_control.guidance.regions import Region, box_mask, mask_box, resize_mask
+from spatial_control.guidance.regions import Region, box_mask, mask_box, resize_mask, scale_mask
 from tests.tiny_models import tiny_unet
 
 
@@ -35,6 +35,23 @@ def test_resize_mask_averages_area():
     assert torch.equal(small, torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]))
     odd = resize_mask(box_mask((0.0, 0.0, 0.3, 1.0), 3, 3), (2, 2))  # sizes that do not divide
     assert odd[0, 0] == 0.5 and odd[0, 1] == 0
+
+
+def test_scale_mask_shrinks_about_the_centre_of_mass():
+    box = box_mask((0.25, 0.25, 0.75, 0.75), 64, 64)
+    assert mask_box(scale_mask(box, 0.5)) == (0.375, 0.375, 0.625, 0.625)
+    off_centre = box_mask((0.0, 0.5, 0.5, 1.0), 64, 64)
+    shrunk = scale_mask(off_centre, 0.8)
+    ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+
+    def centre(m):
+        return float((m * ys).sum() / m.sum()), float((m * xs).sum() / m.sum())
+
+    assert centre(shrunk) == pytest.approx(centre(off_centre), abs=0.05)
+    assert float(shrunk.sum()) == pytest.approx(0.64 * float(off_centre.sum()), rel=0.03)
+    assert scale_mask(off_centre, 1.0) is off_centre
+    with pytest.raises(ValueError, match="scale factor"):
+        scale_mask(off_centre, 0.0)
 
 
 def test_region_rejects_empty_masks_and_phrases():
