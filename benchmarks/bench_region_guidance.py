@@ -8,6 +8,7 @@ of DPM++ 2M Karras, CFG 4, one image at a time so times compare):
 - ``conditioning_set_mask``: ComfyUI core masked regional prompting: the prompt everywhere plus,
   per object, "a <phrase>" through ConditioningSetMask on its box.
 - ``backward_guidance``: RegionBackwardGuidance with its default settings.
+- ``guidance_8_candidates``: the same with 8 start candidates (not a default: it costs more).
 - ``guidance_regional_cfg``: the RegionGuidedKSampler (backward guidance plus per-region CFG).
 
 Per arm: ``hit_rate`` (share of objects whose detection has IoU >= 0.5 with its box),
@@ -27,7 +28,13 @@ from benchmarks.shape_world.metrics import hit_rate, placement_iou, whole_image_
 
 SEED_BASE = 700_000
 CANVAS = 128
-ARMS = ("unguided", "conditioning_set_mask", "backward_guidance", "guidance_regional_cfg")
+ARMS = (
+    "unguided",
+    "conditioning_set_mask",
+    "backward_guidance",
+    "guidance_8_candidates",
+    "guidance_regional_cfg",
+)
 
 
 def task_regions(task):
@@ -68,10 +75,13 @@ def _arm_image(session, arm: str, task, seed: int) -> np.ndarray:
                 masked = nodes["ConditioningSetMask"]().append(phrase_cond, mask, "default", 1.0)[0]
                 positive = nodes["ConditioningCombine"]().combine(positive, masked)[0]
         return session.generate([task.caption], seed, positive=positive)[0][0]
-    if arm == "backward_guidance":
+    if arm in ("backward_guidance", "guidance_8_candidates"):
+        settings = _defaults(RegionBackwardGuidance)
+        if arm == "guidance_8_candidates":
+            settings["candidates"] = 8
         with torch.inference_mode():
             model, positive = RegionBackwardGuidance.execute(
-                session.model, session.clip, regions, task.caption, **_defaults(RegionBackwardGuidance)
+                session.model, session.clip, regions, task.caption, **settings
             ).result
         return session.generate([task.caption], seed, model=model, positive=positive)[0][0]
     if arm == "guidance_regional_cfg":

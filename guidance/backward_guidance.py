@@ -13,9 +13,15 @@ model its first step moved the latent by several sigma (off the noise distributi
 steps almost not at all, as the attention softmax saturates; at equal cost the normalised step
 placed 3x more objects (docs/region_guidance.md).
 
-``BackwardGuidance`` is a ``guide(denoiser, x, sigma, cond, sample_sigmas)`` callable for any
-backend's latent-guidance hook. It holds only its settings: no state survives from one call (or
-one run) to the next.
+Start candidates (after InitNO, Guo et al., CVPR 2024, which optimises and re-samples the initial
+noise against an attention score): given ``alternatives``, other starting latents of the same
+images, the first guided step descends all of them together, as one batch, and keeps for each
+image the one with the lowest energy. Which start the first steps move into place decides much of
+the layout (docs/region_guidance.md).
+
+``BackwardGuidance`` is a ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives=None)``
+callable for any backend's latent-guidance hook. It holds only its settings: no state survives
+from one call (or one run) to the next.
 """
 
 from __future__ import annotations
@@ -75,12 +81,29 @@ class BackwardGuidance:
         sigma: torch.Tensor,
         cond,
         sample_sigmas: torch.Tensor | None = None,
+        alternatives: torch.Tensor | None = None,
     ) -> torch.Tensor | None:
+        """The moved latent (None outside the step range). ``alternatives`` ``[k, *x.shape]``: other
+        starts for the same images; the best of ``x`` and them is returned for each image."""
         if not self.active(sigma, sample_sigmas):
             return None
-        sigma = sigma.reshape(-1)
+        if alternatives is None or len(alternatives) == 0:
+            return self.descend(denoiser, x.float(), sigma.reshape(-1), cond)[0]
+        if tuple(alternatives.shape[1:]) != tuple(x.shape):
+            shapes = f"{tuple(alternatives.shape)} for a latent of {tuple(x.shape)}"
+            raise ValueError(f"alternatives must be [k, *latent shape], got {shapes}")
+        candidates = torch.cat([x[None], alternatives.to(x)]).float()
+        count, batch = candidates.shape[:2]
+        sigma = sigma.reshape(-1).to(x.device)
+        sigma = sigma.repeat(count) if sigma.numel() == batch else sigma[:1].expand(count * batch)
+        moved, energies = self.descend(denoiser, candidates.flatten(0, 1), sigma, cond)
+        best = energies.reshape(count, batch).argmin(0)
+        return moved.reshape(count, batch, *x.shape[1:])[best, torch.arange(batch)]
+
+    def descend(self, denoiser: Denoiser, x, sigma, cond) -> tuple[torch.Tensor, torch.Tensor]:
+        """Up to ``iterations`` normalised steps down the energy; ``(moved x, energy per item at the
+        last gradient evaluation)``."""
         step = self.strength * sigma.reshape(-1, 1, 1, 1).to(x.device, torch.float32)
-        x = x.float()
         for _ in range(self.iterations):
             energies, grad = self.gradient(denoiser, x, sigma, cond)
             unsatisfied = (energies >= self.threshold).reshape(-1, 1, 1, 1).to(x.device)
@@ -88,7 +111,7 @@ class BackwardGuidance:
                 break
             rms = grad.pow(2).mean((1, 2, 3), keepdim=True).sqrt().clamp_min(1e-12)
             x = x - unsatisfied * step * grad / rms
-        return x
+        return x, energies.detach()
 
     def gradient(self, denoiser: Denoiser, x, sigma, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """``(energy per batch item, dE/dx)`` at ``x``."""
@@ -98,6 +121,6 @@ class BackwardGuidance:
         if energies.shape[0] != x.shape[0]:
             raise RuntimeError(
                 f"backward guidance saw attention for {energies.shape[0]} of {x.shape[0]} images: the "
-                "host split the batch to fit in memory; use a smaller batch"
+                "host split the batch to fit in memory; use a smaller batch or fewer start candidates"
             )
         return energies, grad

@@ -22,7 +22,8 @@ class Denoiser(Protocol):
     ``denoise`` returns the x0-prediction ``D(x; sigma, cond)`` for a latent in k-diffusion space
     (``x = x0 + sigma * noise``), differentiable with respect to ``x``; if ``store`` is given, the
     selected cross-attention layers record their maps into it during the call. ``cond`` is opaque
-    to the methods: each backend documents what it takes.
+    to the methods: each backend documents what it takes. A batch of latents that is a whole
+    multiple of the cond's batch reuses the conds in order (tiled, as ComfyUI does).
     """
 
     def denoise(

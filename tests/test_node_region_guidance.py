@@ -54,6 +54,7 @@ def _graph(guided: bool = True, batch: int = 1, phrase: str = "red circle", **gu
                 "iterations": 2,
                 "threshold": 0.0,
                 "target_scale": 0.8,
+                "candidates": 1,
                 "layers": "all",
                 "layout_weight": 1.0,
                 "boxdiff_weight": 0.5,
@@ -107,6 +108,15 @@ def test_guidance_moves_the_sample_and_leaves_the_source_model_alone(comfy):
     assert not torch.equal(_samples(comfy, _graph(target_scale=1.0)), guided)  # the target reaches the energy
 
 
+def test_start_candidates_change_the_start_deterministically(comfy):
+    guided = _samples(comfy, _graph(batch=2))
+    chosen = _samples(comfy, _graph(batch=2, candidates=3))
+    assert chosen.shape == guided.shape and torch.isfinite(chosen).all()
+    assert not torch.equal(chosen, guided)
+    assert torch.equal(_samples(comfy, _graph(batch=2, candidates=3), fresh=True), chosen)
+    assert torch.equal(_samples(comfy, _graph(batch=2)), guided)  # nothing of the candidates stays behind
+
+
 def test_regions_chain_with_masks_and_preview(comfy):
     result = comfy.run(_graph())
     regions, masks, preview = comfy.node_output("4")
@@ -141,7 +151,8 @@ def test_guidance_composes_with_an_existing_attn2_patch(comfy, sd15):
     patched.set_model_attn2_replace(existing_patch, "middle", 0, 0)
     regions = RegionFromBox.execute(0.0, 0.0, 0.5, 0.5, 64, 64, "red circle", 1.0).result[0]
     settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, target_scale=1.0,
-                    layers="all", layout_weight=1.0, boxdiff_weight=0.0, presence_weight=0.0)  # fmt: skip
+                    candidates=1, layers="all", layout_weight=1.0, boxdiff_weight=0.0,
+                    presence_weight=0.0)  # fmt: skip
     nodes = comfy.node_classes
 
     def sample(m, positive):
@@ -167,7 +178,8 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
                    "negative": ["6", 0], "cfg": 5.0, "region_cfg": 0.0, "latent_image": ["2", 0], "seed": 3,
                    "steps": 4, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                    "strength": 0.0, "start_at": 0.0, "end_at": 0.3, "iterations": 1, "threshold": 0.2,
-                   "target_scale": 0.8, "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
+                   "target_scale": 0.8, "candidates": 1, "layers": "coarse", "layout_weight": 1.0,
+                   "boxdiff_weight": 0.0,
                    "presence_weight": 0.0},
     }  # fmt: skip
     _preview(graph, "9")
@@ -188,7 +200,7 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
             "inputs": {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
                        "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
                        "end_at": 0.5, "iterations": 1, "threshold": 0.0, "target_scale": 0.8,
-                       "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
+                       "candidates": 2, "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
                        "presence_weight": 0.0},
         },
         "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
@@ -217,6 +229,8 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
          "RegionBackwardGuidance: input 'layout_weight': at least one energy weight"),
         ({"start_at": 0.6, "end_at": 0.5},
          "RegionBackwardGuidance: input 'end_at': need 0 <= start_at <= end_at"),
+        ({"start_at": 0.1, "candidates": 4},
+         "RegionBackwardGuidance: input 'candidates': start candidates are chosen at the first sampling"),
     ],
 )  # fmt: skip
 def test_bad_inputs_name_the_node_and_input(comfy, change, message):

@@ -210,3 +210,24 @@ def test_the_step_is_measured_in_noise_units_whatever_the_energy_scale(denoiser)
     assert torch.allclose(moves[0], moves[1], atol=1e-5)
     rms = moves[0].pow(2).mean().sqrt()
     assert rms.item() == pytest.approx(0.1 * 5.0, rel=1e-4)  # strength x sigma
+
+
+def test_start_candidates_keep_each_images_lowest_energy_start(denoiser):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 4, 16, 16, generator=gen) * 5
+    alternatives = torch.randn(3, 2, 4, 16, 16, generator=gen) * 5
+    cond = torch.randn(2, 77, 32, generator=gen)
+    sigma = torch.tensor([5.0, 5.0])
+    still = _guidance(denoiser, strength=0.0, iterations=1)  # no move: the choice alone shows
+    starts = torch.cat([x[None], alternatives])
+    energies = torch.stack([still.gradient(denoiser, start, sigma, cond)[0] for start in starts])
+    best = energies.argmin(0)
+    assert best.tolist() != [0, 0]  # the seed's own start is not the best for both images
+    chosen = still(denoiser, x, sigma, cond, alternatives=alternatives)
+    assert torch.allclose(chosen, starts[best, torch.arange(2)], atol=1e-5)
+    moving = _guidance(denoiser, strength=0.1, iterations=2, threshold=0.0)
+    moved = moving(denoiser, x, sigma, cond, alternatives=alternatives)
+    assert moved.shape == x.shape
+    assert all((moved - start).abs().amax() > 1e-3 for start in starts)  # the chosen start was moved
+    with pytest.raises(ValueError, match=r"alternatives must be \[k, \*latent shape\]"):
+        still(denoiser, x, sigma, cond, alternatives=alternatives[:, :1])

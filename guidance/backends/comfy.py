@@ -166,15 +166,18 @@ class ComfyDenoiser:
 
 
 GUIDANCE_WRAPPER_KEY = "spatial_control_latent_guidance"
+START_CANDIDATES_KEY = "spatial_control_start_candidates"
 
 
 class LatentGuidanceWrapper:
     """PREDICT_NOISE wrapper that lets ``guide`` move the latent before each model evaluation.
 
-    ``guide(denoiser, x, sigma, cond, sample_sigmas)`` returns the updated latent (or None to leave
-    it). The update is written into the sampler's own latent tensor, so first-order samplers
-    (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as backward guidance requires;
-    the model then predicts for the moved latent. Holds no per-run state.
+    ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives)`` returns the updated latent (or
+    None to leave it). The update is written into the sampler's own latent tensor, so first-order
+    samplers (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as backward guidance
+    requires; the model then predicts for the moved latent. At the first step, ``alternatives``
+    are the other starting latents that ``StartCandidatesWrapper`` put in this run's options (None
+    otherwise). Holds no per-run state.
     """
 
     def __init__(self, guide):
@@ -183,21 +186,60 @@ class LatentGuidanceWrapper:
     def __call__(self, executor, x, timestep, model_options, seed):
         guider = executor.class_obj
         positive = guider.conds.get("positive")
-        sample_sigmas = model_options.get("transformer_options", {}).get("sample_sigmas")
+        transformer_options = model_options.get("transformer_options", {})
+        sample_sigmas = transformer_options.get("sample_sigmas")
         if positive:
+            alternatives = transformer_options.get(START_CANDIDATES_KEY)
+            first_step = sample_sigmas is not None and float(timestep.flatten()[0]) == float(sample_sigmas[0])
             denoiser = ComfyDenoiser(guider.inner_model, model_options)
-            moved = self.guide(denoiser, x, timestep, positive, sample_sigmas)
+            moved = self.guide(
+                denoiser, x, timestep, positive, sample_sigmas, alternatives if first_step else None
+            )
             if moved is not None:
                 x.copy_(moved.to(x.dtype))
         return executor(x, timestep, model_options, seed)
 
 
-def with_latent_guidance(model_patcher, guide):
-    """``model_patcher.clone()`` whose sampling runs ``guide`` before every model evaluation."""
+class StartCandidatesWrapper:
+    """SAMPLER_SAMPLE wrapper that makes ``count - 1`` other starting latents for the guide's first
+    step: the sampler's own noise scaling of seeded noise (the run's seed) on the run's latent,
+    so they are starts the sampler could have drawn itself. They travel in this run's options."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def __call__(self, executor, guider, sigmas, extra_args, callback, noise, latent_image, *rest):
+        max_denoise = getattr(executor.class_obj, "max_denoise", None)
+        if max_denoise is None:
+            sampler = type(executor.class_obj).__name__
+            raise UnsupportedModelError(f"start candidates need a ComfyUI k-diffusion sampler, not {sampler}")
+        generator = torch.Generator().manual_seed(int(extra_args.get("seed") or 0) + 1)
+        shape = (self.count - 1, *noise.shape)
+        others = torch.randn(shape, generator=generator, dtype=torch.float32).to(noise.device, noise.dtype)
+        latent = latent_image.to(noise.device).expand(shape)
+        model_sampling = guider.inner_model.model_sampling
+        starts = model_sampling.noise_scaling(
+            sigmas[0], others.flatten(0, 1), latent.flatten(0, 1).clone(), max_denoise(guider, sigmas)
+        ).reshape(shape)
+        options = dict(extra_args["model_options"])
+        transformer_options = {**options.get("transformer_options", {}), START_CANDIDATES_KEY: starts}
+        extra_args = {**extra_args, "model_options": {**options, "transformer_options": transformer_options}}
+        return executor(guider, sigmas, extra_args, callback, noise, latent_image, *rest)
+
+
+def with_latent_guidance(model_patcher, guide, start_candidates: int = 1):
+    """``model_patcher.clone()`` whose sampling runs ``guide`` before every model evaluation, with
+    ``start_candidates - 1`` other starts offered at the first step."""
     m = model_patcher.clone()
     m.add_wrapper_with_key(
         comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_WRAPPER_KEY, LatentGuidanceWrapper(guide)
     )
+    if start_candidates > 1:
+        m.add_wrapper_with_key(
+            comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE,
+            GUIDANCE_WRAPPER_KEY,
+            StartCandidatesWrapper(start_candidates),
+        )
     return m
 
 

@@ -129,6 +129,10 @@ class DiffusersDenoiser:
             sigma = sigma.expand(x.shape[0])
         s = sigma.reshape(-1, 1, 1, 1)
         t = sigma_to_timestep(sigma, self.sigmas)
+        if cond.shape[0] != x.shape[0]:
+            if x.shape[0] % cond.shape[0]:
+                raise ValueError(f"a cond batch of {cond.shape[0]} cannot be tiled to {x.shape[0]} latents")
+            cond = cond.repeat(x.shape[0] // cond.shape[0], *(1,) * (cond.ndim - 1))
         dtype = self.unet.dtype
         out = self.unet(
             (x / (s**2 + 1) ** 0.5).to(dtype),
