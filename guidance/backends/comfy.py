@@ -172,12 +172,12 @@ START_CANDIDATES_KEY = "spatial_control_start_candidates"
 class LatentGuidanceWrapper:
     """PREDICT_NOISE wrapper that lets ``guide`` move the latent before each model evaluation.
 
-    ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives)`` returns the updated latent (or
-    None to leave it). The update is written into the sampler's own latent tensor, so first-order
-    samplers (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as backward guidance
-    requires; the model then predicts for the moved latent. At the first step, ``alternatives``
-    are the other starting latents that ``StartCandidatesWrapper`` put in this run's options (None
-    otherwise). Holds no per-run state.
+    ``guide(denoiser, x, sigma, cond, sample_sigmas)`` returns the updated latent (or None to leave
+    it). The update is written into the sampler's own latent tensor, so first-order samplers
+    (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as backward guidance requires;
+    the model then predicts for the moved latent. At the first step of a run with start
+    candidates, the guide also gets ``alternatives``: the other starting latents that
+    ``StartCandidatesWrapper`` put in this run's options. Holds no per-run state.
     """
 
     def __init__(self, guide):
@@ -191,10 +191,10 @@ class LatentGuidanceWrapper:
         if positive:
             alternatives = transformer_options.get(START_CANDIDATES_KEY)
             first_step = sample_sigmas is not None and float(timestep.flatten()[0]) == float(sample_sigmas[0])
-            denoiser = ComfyDenoiser(guider.inner_model, model_options)
-            moved = self.guide(
-                denoiser, x, timestep, positive, sample_sigmas, alternatives if first_step else None
-            )
+            args = [ComfyDenoiser(guider.inner_model, model_options), x, timestep, positive, sample_sigmas]
+            if first_step and alternatives is not None:
+                args.append(alternatives)
+            moved = self.guide(*args)
             if moved is not None:
                 x.copy_(moved.to(x.dtype))
         return executor(x, timestep, model_options, seed)
