@@ -81,11 +81,12 @@ def scale_mask(mask: torch.Tensor, factor: float) -> torch.Tensor:
     weights = mask.float()
     total = weights.sum().clamp_min(1e-12)
     # centre of mass in grid_sample's normalised coordinates (pixel centres, align_corners=False)
-    cy = ((torch.arange(h, dtype=torch.float32) + 0.5) / h * 2 - 1) @ weights.sum(1) / total
-    cx = ((torch.arange(w, dtype=torch.float32) + 0.5) / w * 2 - 1) @ weights.sum(0) / total
+    cy = ((torch.arange(h, device=mask.device) + 0.5) / h * 2 - 1) @ weights.sum(1) / total
+    cx = ((torch.arange(w, device=mask.device) + 0.5) / w * 2 - 1) @ weights.sum(0) / total
     # output point p reads the input at c + (p - c) / factor
+    shift = 1 - 1 / factor
     theta = torch.tensor(
-        [[1 / factor, 0, cx * (1 - 1 / factor)], [0, 1 / factor, cy * (1 - 1 / factor)]], dtype=torch.float32
+        [[1 / factor, 0, float(cx) * shift], [0, 1 / factor, float(cy) * shift]], device=mask.device
     )
     grid = F.affine_grid(theta[None], [1, 1, h, w], align_corners=False)
     scaled = F.grid_sample(weights[None, None], grid, mode="bilinear", align_corners=False)
