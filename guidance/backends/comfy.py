@@ -219,7 +219,7 @@ class StartCandidatesWrapper:
         latent = latent_image.to(noise.device).expand(shape)
         model_sampling = guider.inner_model.model_sampling
         starts = model_sampling.noise_scaling(
-            sigmas[0], others.flatten(0, 1), latent.flatten(0, 1).clone(), max_denoise(guider, sigmas)
+            sigmas[0], others.flatten(0, 1), latent.flatten(0, 1), max_denoise(guider, sigmas)
         ).reshape(shape)
         options = dict(extra_args["model_options"])
         transformer_options = {**options.get("transformer_options", {}), START_CANDIDATES_KEY: starts}
