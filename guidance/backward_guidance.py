@@ -13,6 +13,11 @@ model its first step moved the latent by several sigma (off the noise distributi
 steps almost not at all, as the attention softmax saturates; at equal cost the normalised step
 placed 3x more objects (docs/region_guidance.md).
 
+Moving the start (``start_regions``, after Mao et al., ACM MM 2023; ``start_transplant.py``): at the
+first step, before any gradient step, the patch of starting noise on which each region's phrase
+attends most is copied into the region's bounding box, so the gradient steps start from a layout
+close to the wanted one.
+
 Start candidates (after InitNO, Guo et al., CVPR 2024, which optimises and re-samples the initial
 noise against an attention score): given ``alternatives``, other starting latents of the same
 images, the first guided step descends all of them together, as one batch, and keeps for each
@@ -30,9 +35,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .attention_store import AttentionStore, CrossAttentionLayer
+from .attention_store import AttentionCaptured, AttentionStore, CrossAttentionLayer
 from .latent_gradient import Denoiser, energy_gradient
 from .region_energies import EnergyWeights, RegionTarget, region_energy
+from .start_transplant import latent_box, transplant
 
 
 def step_fraction(sigma: torch.Tensor, sample_sigmas: torch.Tensor | None) -> float | None:
@@ -56,6 +62,7 @@ class BackwardGuidance:
     end_at: float = 0.1
     iterations: int = 4
     threshold: float = 0.2
+    start_regions: tuple[torch.Tensor, ...] = ()  # per target, the region its start noise moves into
 
     def __post_init__(self):
         if not self.targets:
@@ -64,6 +71,8 @@ class BackwardGuidance:
             raise ValueError(f"need 0 <= start_at <= end_at <= 1, got {self.start_at}, {self.end_at}")
         if self.iterations < 1:
             raise ValueError("iterations must be >= 1")
+        if self.start_regions and len(self.start_regions) != len(self.targets):
+            raise ValueError(f"{len(self.start_regions)} start regions for {len(self.targets)} targets")
 
     def active(self, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None) -> bool:
         fraction = step_fraction(sigma, sample_sigmas)
@@ -87,8 +96,12 @@ class BackwardGuidance:
         starts for the same images; the best of ``x`` and them is returned for each image."""
         if not self.active(sigma, sample_sigmas):
             return None
+        first_step = step_fraction(sigma, sample_sigmas) == 0
         if alternatives is None or len(alternatives) == 0:
-            return self.descend(denoiser, x.float(), sigma.reshape(-1), cond)[0]
+            x, sigma = x.float(), sigma.reshape(-1)
+            if first_step and self.start_regions:
+                x = self.moved_start(denoiser, x, sigma, cond)
+            return self.descend(denoiser, x, sigma, cond)[0]
         if tuple(alternatives.shape[1:]) != tuple(x.shape):
             shapes = f"{tuple(alternatives.shape)} for a latent of {tuple(x.shape)}"
             raise ValueError(f"alternatives must be [k, *latent shape], got {shapes}")
@@ -96,9 +109,27 @@ class BackwardGuidance:
         count, batch = candidates.shape[:2]
         sigma = sigma.reshape(-1).to(x.device)
         sigma = sigma.repeat(count) if sigma.numel() == batch else sigma[:1].expand(count * batch)
-        moved, energies = self.descend(denoiser, candidates.flatten(0, 1), sigma, cond)
+        starts = candidates.flatten(0, 1)
+        if self.start_regions:
+            starts = self.moved_start(denoiser, starts, sigma, cond)
+        moved, energies = self.descend(denoiser, starts, sigma, cond)
         best = energies.reshape(count, batch).argmin(0)
         return moved.reshape(count, batch, *x.shape[1:])[best, torch.arange(batch)]
+
+    def moved_start(self, denoiser: Denoiser, x, sigma, cond) -> torch.Tensor:
+        """``x`` with each region's most attended window of noise copied into the region (one
+        forward pass, no gradient)."""
+        size = tuple(x.shape[-2:])
+        store = AttentionStore(self.layers, stop_when_complete=True)
+        with torch.no_grad():
+            try:
+                denoiser.denoise(x, sigma, cond, store)
+            except AttentionCaptured:
+                pass
+        maps = store.maps(size)
+        attention = torch.stack([maps[:, list(t.tokens)].mean(1) for t in self.targets], 1)
+        boxes = [latent_box(region, size) for region in self.start_regions]
+        return torch.stack([transplant(item, item_attention, boxes) for item, item_attention in zip(x, attention)])
 
     def descend(self, denoiser: Denoiser, x, sigma, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``iterations`` normalised steps down the energy; ``(moved x, energy per item at the

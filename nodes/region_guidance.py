@@ -113,6 +113,14 @@ def guidance_inputs() -> list:
             "place more objects, more reliably, but each costs about one more image in the first step's "
             "gradient passes (cheap on small models, where batching is nearly free).",
         ),
+        io.Boolean.Input(
+            "move_start",
+            default=True,
+            tooltip="At the first step, copy the patch of starting noise that each phrase attends to most into "
+            "its region's box before the gradient steps (Mao et al. 2023): objects then start near their "
+            "regions. One extra forward pass. Applies when start_at is 0; on an image latent (denoise < 1) "
+            "it moves image content too, so turn it off there.",
+        ),
         io.Combo.Input(
             "layers",
             options=list(LAYER_PRESETS),
@@ -129,7 +137,7 @@ def guidance_inputs() -> list:
 
 def make_guidance(
     node: str, model, clip, regions, prompt: str, strength, start_at, end_at, iterations, threshold,
-    target_scale, candidates, layers, layout_weight, boxdiff_weight, presence_weight,
+    target_scale, candidates, move_start, layers, layout_weight, boxdiff_weight, presence_weight,
 ):  # fmt: skip
     """Validate the inputs and return the guided MODEL clone (the MODEL itself if strength is 0)."""
     if not regions:
@@ -161,6 +169,7 @@ def make_guidance(
         guide = BackwardGuidance(
             targets, tuple(chosen), weights, tuple(text_tokens),
             strength, start_at, end_at, iterations, threshold,
+            start_regions=tuple(r.mask for r in regions) if move_start else (),
         )  # fmt: skip
     if candidates > 1 and start_at > 0:
         with blame_input(node, "candidates", ValueError):

@@ -55,6 +55,7 @@ def _graph(guided: bool = True, batch: int = 1, phrase: str = "red circle", **gu
                 "threshold": 0.0,
                 "target_scale": 0.8,
                 "candidates": 1,
+                "move_start": True,
                 "layers": "all",
                 "layout_weight": 1.0,
                 "boxdiff_weight": 0.5,
@@ -106,6 +107,7 @@ def test_guidance_moves_the_sample_and_leaves_the_source_model_alone(comfy):
     off = _samples(comfy, _graph(strength=0.0))
     assert torch.equal(off, plain)
     assert not torch.equal(_samples(comfy, _graph(target_scale=1.0)), guided)  # the target reaches the energy
+    assert not torch.equal(_samples(comfy, _graph(move_start=False)), guided)  # so does moving the start
 
 
 def test_start_candidates_change_the_start_deterministically(comfy):
@@ -151,7 +153,7 @@ def test_guidance_composes_with_an_existing_attn2_patch(comfy, sd15):
     patched.set_model_attn2_replace(existing_patch, "middle", 0, 0)
     regions = RegionFromBox.execute(0.0, 0.0, 0.5, 0.5, 64, 64, "red circle", 1.0).result[0]
     settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, target_scale=1.0,
-                    candidates=1, layers="all", layout_weight=1.0, boxdiff_weight=0.0,
+                    candidates=1, move_start=False, layers="all", layout_weight=1.0, boxdiff_weight=0.0,
                     presence_weight=0.0)  # fmt: skip
     nodes = comfy.node_classes
 
@@ -178,7 +180,7 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
                    "negative": ["6", 0], "cfg": 5.0, "region_cfg": 0.0, "latent_image": ["2", 0], "seed": 3,
                    "steps": 4, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                    "strength": 0.0, "start_at": 0.0, "end_at": 0.3, "iterations": 1, "threshold": 0.2,
-                   "target_scale": 0.8, "candidates": 1, "layers": "coarse", "layout_weight": 1.0,
+                   "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse", "layout_weight": 1.0,
                    "boxdiff_weight": 0.0,
                    "presence_weight": 0.0},
     }  # fmt: skip
@@ -200,7 +202,7 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
             "inputs": {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
                        "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
                        "end_at": 0.5, "iterations": 1, "threshold": 0.0, "target_scale": 0.8,
-                       "candidates": 2, "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
+                       "candidates": 2, "move_start": True, "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
                        "presence_weight": 0.0},
         },
         "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},

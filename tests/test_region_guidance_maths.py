@@ -231,3 +231,26 @@ def test_start_candidates_keep_each_images_lowest_energy_start(denoiser):
     assert all((moved - start).abs().amax() > 1e-3 for start in starts)  # the chosen start was moved
     with pytest.raises(ValueError, match=r"alternatives must be \[k, \*latent shape\]"):
         still(denoiser, x, sigma, cond, alternatives=alternatives[:, :1])
+
+
+def test_moving_the_start_rearranges_the_noise_at_the_first_step_only(denoiser):
+    gen = torch.Generator().manual_seed(7)
+    x = torch.randn(2, 4, 16, 16, generator=gen) * 5
+    cond = torch.randn(2, 77, 32, generator=gen)
+    sigmas = torch.tensor([5.0, 2.0, 0.0])
+    layers = tuple(layer for layer in denoiser.layers if layer.block != "input")
+    region = box_mask((0.5, 0.5, 1.0, 1.0), 16, 16)
+    guide = BackwardGuidance(
+        (RegionTarget((1, 2), region),), layers, strength=0.0, end_at=1.0, start_regions=(region,)
+    )
+    moved = guide(denoiser, x, sigmas[:1], cond, sigmas)  # strength 0: the move alone shows
+    assert not torch.equal(moved, x)
+    for item, start in zip(moved, x):  # the sampler's own noise, rearranged
+        assert torch.equal(item.flatten(1).sort(1).values, start.flatten(1).sort(1).values)
+    assert torch.equal(guide(denoiser, x, sigmas[1:2], cond, sigmas), x)  # later steps keep their latent
+    alternatives = torch.randn(2, 2, 4, 16, 16, generator=gen) * 5
+    chosen = guide(denoiser, x, sigmas[:1], cond, sigmas, alternatives=alternatives)
+    starts = torch.cat([x[None], alternatives])
+    assert all(not torch.equal(chosen, start) for start in starts)  # candidates are moved too
+    with pytest.raises(ValueError, match="1 start regions for 2 targets"):
+        BackwardGuidance((RegionTarget((1,), region), RegionTarget((2,), region)), layers, start_regions=(region,))
