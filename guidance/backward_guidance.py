@@ -60,8 +60,8 @@ class BackwardGuidance:
     strength: float = 0.2
     start_at: float = 0.0
     end_at: float = 0.1
-    iterations: int = 4
-    threshold: float = 0.2
+    iterations: int = 3
+    threshold: float = 0.1
     start_regions: tuple[torch.Tensor, ...] = ()  # per target, the region its start noise moves into
 
     def __post_init__(self):

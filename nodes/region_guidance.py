@@ -79,7 +79,7 @@ def guidance_inputs() -> list:
         ),
         io.Int.Input(
             "iterations",
-            default=4,
+            default=3,
             min=1,
             max=20,
             tooltip="Gradient steps per guided sampling step, repeated while the energy is above the "
@@ -87,7 +87,7 @@ def guidance_inputs() -> list:
         ),
         io.Float.Input(
             "threshold",
-            default=0.2,
+            default=0.1,
             min=0.0,
             max=10.0,
             step=0.01,
