@@ -31,6 +31,7 @@ from one call (or one run) to the next.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
@@ -121,15 +122,14 @@ class BackwardGuidance:
         forward pass, no gradient)."""
         size = tuple(x.shape[-2:])
         store = AttentionStore(self.layers, stop_when_complete=True)
-        with torch.no_grad():
-            try:
-                denoiser.denoise(x, sigma, cond, store)
-            except AttentionCaptured:
-                pass
+        with torch.no_grad(), contextlib.suppress(AttentionCaptured):
+            denoiser.denoise(x, sigma, cond, store)
         maps = store.maps(size)
         attention = torch.stack([maps[:, list(t.tokens)].mean(1) for t in self.targets], 1)
         boxes = [latent_box(region, size) for region in self.start_regions]
-        return torch.stack([transplant(item, item_attention, boxes) for item, item_attention in zip(x, attention)])
+        return torch.stack(
+            [transplant(item, per_region, boxes) for item, per_region in zip(x, attention, strict=True)]
+        )
 
     def descend(self, denoiser: Denoiser, x, sigma, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``iterations`` normalised steps down the energy; ``(moved x, energy per item at the

@@ -5,8 +5,9 @@ After Mao, Wang and Aizawa, "Guided Image Synthesis via Initial Image Editing in
 on which a phrase's cross-attention concentrates at the first step tends to grow into that object,
 and copying the patch elsewhere moves the object with it. Here, per region, the box-sized window of
 the start with the most attention for the region's phrase (weighted towards the window's centre) is
-copied into the region's bounding box. The cells that a copy vacated and no region covers take the noise that the copies overwrote,
-so the moved start is a rearrangement of the sampler's own noise and keeps its statistics.
+copied into the region's bounding box. The cells that a copy vacated and no region covers take the
+noise that the copies overwrote, so the moved start is a rearrangement of the sampler's own noise
+and keeps its statistics.
 
 Backward guidance then only has to refine placements that start near their regions, rather than
 drag an object across the image in the few steps in which the layout forms

@@ -116,10 +116,10 @@ def guidance_inputs() -> list:
         io.Boolean.Input(
             "move_start",
             default=True,
-            tooltip="At the first step, copy the patch of starting noise that each phrase attends to most into "
-            "its region's box before the gradient steps (Mao et al. 2023): objects then start near their "
-            "regions. One extra forward pass. Applies when start_at is 0; on an image latent (denoise < 1) "
-            "it moves image content too, so turn it off there.",
+            tooltip="At the first step, copy the patch of starting noise that each phrase attends to most "
+            "into its region's box before the gradient steps (Mao et al. 2023): objects then start near "
+            "their regions. One extra forward pass. Applies when start_at is 0; on an image latent "
+            "(denoise < 1) it moves image content too, so turn it off there.",
         ),
         io.Combo.Input(
             "layers",

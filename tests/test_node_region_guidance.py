@@ -180,9 +180,8 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
                    "negative": ["6", 0], "cfg": 5.0, "region_cfg": 0.0, "latent_image": ["2", 0], "seed": 3,
                    "steps": 4, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                    "strength": 0.0, "start_at": 0.0, "end_at": 0.3, "iterations": 1, "threshold": 0.2,
-                   "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse", "layout_weight": 1.0,
-                   "boxdiff_weight": 0.0,
-                   "presence_weight": 0.0},
+                   "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse",
+                   "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0},
     }  # fmt: skip
     _preview(graph, "9")
     comfy.run(graph)
@@ -202,8 +201,8 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
             "inputs": {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
                        "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
                        "end_at": 0.5, "iterations": 1, "threshold": 0.0, "target_scale": 0.8,
-                       "candidates": 2, "move_start": True, "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0,
-                       "presence_weight": 0.0},
+                       "candidates": 2, "move_start": True, "layers": "coarse", "layout_weight": 1.0,
+                       "boxdiff_weight": 0.0, "presence_weight": 0.0},
         },
         "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
         "12": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},

@@ -245,7 +245,7 @@ def test_moving_the_start_rearranges_the_noise_at_the_first_step_only(denoiser):
     )
     moved = guide(denoiser, x, sigmas[:1], cond, sigmas)  # strength 0: the move alone shows
     assert not torch.equal(moved, x)
-    for item, start in zip(moved, x):  # the sampler's own noise, rearranged
+    for item, start in zip(moved, x, strict=True):  # the sampler's own noise, rearranged
         assert torch.equal(item.flatten(1).sort(1).values, start.flatten(1).sort(1).values)
     assert torch.equal(guide(denoiser, x, sigmas[1:2], cond, sigmas), x)  # later steps keep their latent
     alternatives = torch.randn(2, 2, 4, 16, 16, generator=gen) * 5
@@ -253,4 +253,6 @@ def test_moving_the_start_rearranges_the_noise_at_the_first_step_only(denoiser):
     starts = torch.cat([x[None], alternatives])
     assert all(not torch.equal(chosen, start) for start in starts)  # candidates are moved too
     with pytest.raises(ValueError, match="1 start regions for 2 targets"):
-        BackwardGuidance((RegionTarget((1,), region), RegionTarget((2,), region)), layers, start_regions=(region,))
+        BackwardGuidance(
+            (RegionTarget((1,), region), RegionTarget((2,), region)), layers, start_regions=(region,)
+        )
