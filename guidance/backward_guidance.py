@@ -75,8 +75,8 @@ class BackwardGuidance:
         if self.start_regions and len(self.start_regions) != len(self.targets):
             raise ValueError(f"{len(self.start_regions)} start regions for {len(self.targets)} targets")
 
-    def active(self, sigma: torch.Tensor, sample_sigmas: torch.Tensor | None) -> bool:
-        fraction = step_fraction(sigma, sample_sigmas)
+    def active(self, fraction: float | None) -> bool:
+        """Whether a step at ``fraction`` of the schedule (``step_fraction``) is guided."""
         if fraction is None:  # outside a sampler's schedule (a probe): always guide
             return True
         return self.start_at <= fraction < self.end_at
@@ -95,12 +95,12 @@ class BackwardGuidance:
     ) -> torch.Tensor | None:
         """The moved latent (None outside the step range). ``alternatives`` ``[k, *x.shape]``: other
         starts for the same images; the best of ``x`` and them is returned for each image."""
-        if not self.active(sigma, sample_sigmas):
+        fraction = step_fraction(sigma, sample_sigmas)
+        if not self.active(fraction):
             return None
-        first_step = step_fraction(sigma, sample_sigmas) == 0
         if alternatives is None or len(alternatives) == 0:
             x, sigma = x.float(), sigma.reshape(-1)
-            if first_step and self.start_regions:
+            if fraction == 0 and self.start_regions:
                 x = self.moved_start(denoiser, x, sigma, cond)
             return self.descend(denoiser, x, sigma, cond)[0]
         if tuple(alternatives.shape[1:]) != tuple(x.shape):
