@@ -16,7 +16,9 @@ placed 3x more objects (docs/region_guidance.md).
 Moving the start (``start_regions``, after Mao et al., ACM MM 2023; ``start_transplant.py``): at the
 first step, before any gradient step, the patch of starting noise on which each region's phrase
 attends most is copied into the region's bounding box, so the gradient steps start from a layout
-close to the wanted one.
+close to the wanted one. Only a start of pure noise is moved (``start_is_noise``): a latent that
+already holds an image (img2img, a sampler continuing another's steps) would have image content
+moved.
 
 Start candidates (after InitNO, Guo et al., CVPR 2024, which optimises and re-samples the initial
 noise against an attention score): given ``alternatives``, other starting latents of the same
@@ -24,9 +26,9 @@ images, the first guided step descends all of them together, as one batch, and k
 image the one with the lowest energy. Which start the first steps move into place decides much of
 the layout (docs/region_guidance.md).
 
-``BackwardGuidance`` is a ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives=None)``
-callable for any backend's latent-guidance hook. It holds only its settings: no state survives
-from one call (or one run) to the next.
+``BackwardGuidance`` is a ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives=None,
+start_is_noise=True)`` callable for any backend's latent-guidance hook. It holds only its settings:
+no state survives from one call (or one run) to the next.
 """
 
 from __future__ import annotations
@@ -92,15 +94,19 @@ class BackwardGuidance:
         cond,
         sample_sigmas: torch.Tensor | None = None,
         alternatives: torch.Tensor | None = None,
+        start_is_noise: bool = True,
     ) -> torch.Tensor | None:
         """The moved latent (None outside the step range). ``alternatives`` ``[k, *x.shape]``: other
-        starts for the same images; the best of ``x`` and them is returned for each image."""
+        starts for the same images; the best of ``x`` and them is returned for each image.
+        ``start_is_noise``: the schedule starts at the model's maximum noise level, so the first
+        step's latent is noise that ``start_regions`` may rearrange."""
         fraction = step_fraction(sigma, sample_sigmas)
         if not self.active(fraction):
             return None
+        move_start = fraction == 0 and start_is_noise and bool(self.start_regions)
         if alternatives is None or len(alternatives) == 0:
             x, sigma = x.float(), sigma.reshape(-1)
-            if fraction == 0 and self.start_regions:
+            if move_start:
                 x = self.moved_start(denoiser, x, sigma, cond)
             return self.descend(denoiser, x, sigma, cond)[0]
         if tuple(alternatives.shape[1:]) != tuple(x.shape):
@@ -111,7 +117,7 @@ class BackwardGuidance:
         sigma = sigma.reshape(-1).to(x.device)
         sigma = sigma.repeat(count) if sigma.numel() == batch else sigma[:1].expand(count * batch)
         starts = candidates.flatten(0, 1)
-        if self.start_regions:
+        if move_start:
             starts = self.moved_start(denoiser, starts, sigma, cond)
         moved, energies = self.descend(denoiser, starts, sigma, cond)
         best = energies.reshape(count, batch).argmin(0)

@@ -118,9 +118,9 @@ def guidance_inputs() -> list:
             default=True,
             tooltip="At the first step, copy the patch of starting noise that each phrase attends to most "
             "into its region's box before the gradient steps (Mao et al. 2023): objects then start near "
-            "their regions. One extra forward pass. Applies when start_at is 0. On a latent that already "
-            "holds an image (denoise < 1, or a sampler that continues another's steps) it would move "
-            "image content: turn it off there.",
+            "their regions. One extra forward pass. Applies when start_at is 0 and sampling starts from pure "
+            "noise; skipped by itself on a latent that holds an image (denoise < 1, or a sampler that "
+            "continues another's steps).",
         ),
         io.Combo.Input(
             "layers",

@@ -110,6 +110,17 @@ def test_guidance_moves_the_sample_and_leaves_the_source_model_alone(comfy):
     assert not torch.equal(_samples(comfy, _graph(move_start=False)), guided)  # so does moving the start
 
 
+def test_the_start_is_moved_only_when_sampling_starts_from_noise(comfy):
+    def partial(**settings) -> torch.Tensor:  # img2img: the start holds the (empty) image
+        graph = _graph(**settings)
+        graph["8"]["inputs"]["denoise"] = 0.6
+        return _samples(comfy, graph)
+
+    guided = partial(move_start=True)
+    assert not torch.equal(guided, partial(guided=False))  # guided, ...
+    assert torch.equal(guided, partial(move_start=False))  # ... but the start was left in place
+
+
 def test_start_candidates_change_the_start_deterministically(comfy):
     guided = _samples(comfy, _graph(batch=2))
     chosen = _samples(comfy, _graph(batch=2, candidates=3))

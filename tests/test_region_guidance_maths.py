@@ -252,6 +252,8 @@ def test_moving_the_start_rearranges_the_noise_at_the_first_step_only(denoiser):
     chosen = guide(denoiser, x, sigmas[:1], cond, sigmas, alternatives=alternatives)
     starts = torch.cat([x[None], alternatives])
     assert all(not torch.equal(chosen, start) for start in starts)  # candidates are moved too
+    image_start = guide(denoiser, x, sigmas[:1], cond, sigmas, start_is_noise=False)
+    assert torch.equal(image_start, x)  # a start that holds an image stays in place
     with pytest.raises(ValueError, match="1 start regions for 2 targets"):
         BackwardGuidance(
             (RegionTarget((1,), region), RegionTarget((2,), region)), layers, start_regions=(region,)

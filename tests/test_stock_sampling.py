@@ -36,7 +36,7 @@ def _guided(model, steps_seen):
         maps = store.maps()[:, 2]  # "red"
         return ((1 - (maps * target).sum((-2, -1)) / maps.sum((-2, -1))) ** 2).sum()
 
-    def guide(denoiser, x, sigma, cond, sample_sigmas):
+    def guide(denoiser, x, sigma, cond, sample_sigmas, alternatives=None, start_is_noise=True):
         value, grad, _ = energy_gradient(denoiser, x, sigma, cond, layers, energy)
         steps_seen.append(float(value))
         return x - 30 * sigma.reshape(-1, 1, 1, 1) ** 2 * grad

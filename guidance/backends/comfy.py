@@ -8,6 +8,7 @@ couple, ...); they do nothing unless a call passes an ``AttentionStore`` through
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import comfy.ldm.modules.attention as comfy_attention
@@ -172,12 +173,13 @@ START_CANDIDATES_KEY = "spatial_control_start_candidates"
 class LatentGuidanceWrapper:
     """PREDICT_NOISE wrapper that lets ``guide`` move the latent before each model evaluation.
 
-    ``guide(denoiser, x, sigma, cond, sample_sigmas)`` returns the updated latent (or None to leave
-    it). The update is written into the sampler's own latent tensor, so first-order samplers
-    (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as backward guidance requires;
-    the model then predicts for the moved latent. At the first step of a run with start
-    candidates, the guide also gets ``alternatives``: the other starting latents that
-    ``StartCandidatesWrapper`` put in this run's options. Holds no per-run state.
+    ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives, start_is_noise)`` returns the
+    updated latent (or None to leave it). The update is written into the sampler's own latent
+    tensor, so first-order samplers (Euler, DDIM, DPM++ 2M, ...) continue from the moved latent, as
+    backward guidance requires; the model then predicts for the moved latent. At the first step
+    of a run with start candidates, ``alternatives`` holds the other starting latents that
+    ``StartCandidatesWrapper`` put in this run's options (else it is None); ``start_is_noise`` says
+    whether the run started from pure noise (``starts_from_noise``). Holds no per-run state.
     """
 
     def __init__(self, guide):
@@ -191,13 +193,28 @@ class LatentGuidanceWrapper:
         if positive:
             alternatives = transformer_options.get(START_CANDIDATES_KEY)
             first_step = sample_sigmas is not None and float(timestep.flatten()[0]) == float(sample_sigmas[0])
-            args = [ComfyDenoiser(guider.inner_model, model_options), x, timestep, positive, sample_sigmas]
-            if first_step and alternatives is not None:
-                args.append(alternatives)
-            moved = self.guide(*args)
+            moved = self.guide(
+                ComfyDenoiser(guider.inner_model, model_options),
+                x,
+                timestep,
+                positive,
+                sample_sigmas,
+                alternatives=alternatives if first_step else None,
+                start_is_noise=starts_from_noise(guider.inner_model.model_sampling, sample_sigmas),
+            )
             if moved is not None:
                 x.copy_(moved.to(x.dtype))
         return executor(x, timestep, model_options, seed)
+
+
+def starts_from_noise(model_sampling, sample_sigmas: torch.Tensor | None) -> bool:
+    """Whether the schedule starts at the model's maximum noise level (the test ComfyUI's samplers
+    use to scale the start as pure noise); not with denoise < 1 or a sampler continuing another's
+    steps, whose start holds an image."""
+    if sample_sigmas is None:
+        return False
+    first, top = float(sample_sigmas[0]), float(model_sampling.sigma_max)
+    return first > top or math.isclose(first, top, rel_tol=1e-5)
 
 
 class StartCandidatesWrapper:
