@@ -37,7 +37,7 @@ class CrossAttentionLayer:
         return (self.block, self.block_id, self.index)
 
 
-LAYER_PRESETS = ("coarse", "all", "input", "middle", "output")
+LAYER_PRESETS = ("coarse", "all", "input", "middle", "output", "encoder")
 
 
 def select_layers(layers: Iterable[CrossAttentionLayer], spec: str) -> list[CrossAttentionLayer]:
@@ -45,7 +45,9 @@ def select_layers(layers: Iterable[CrossAttentionLayer], spec: str) -> list[Cros
 
     Presets: ``coarse`` = the middle block and the decoder layers at the two coarsest resolutions
     that have cross-attention (layout guidance's choice: SD1.5's mid block at 8x8 and first up
-    block at 16x16); ``all``; ``input``/``middle``/``output`` = every layer of that block kind.
+    block at 16x16); ``all``; ``input``/``middle``/``output`` = every layer of that block kind;
+    ``encoder`` = ``input`` and ``middle`` (a forward pass that needs only these can stop after
+    the middle block).
     """
     layers = sorted(set(layers), key=_unet_order)
     spec = spec.strip()
@@ -53,6 +55,8 @@ def select_layers(layers: Iterable[CrossAttentionLayer], spec: str) -> list[Cros
         chosen = layers
     elif spec in ("input", "middle", "output"):
         chosen = [layer for layer in layers if layer.block == spec]
+    elif spec == "encoder":
+        chosen = [layer for layer in layers if layer.block in ("input", "middle")]
     elif spec == "coarse":
         coarse = sorted({layer.downscale for layer in layers}, reverse=True)[:2]
         chosen = [

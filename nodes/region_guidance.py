@@ -118,9 +118,9 @@ def guidance_inputs() -> list:
             default=True,
             tooltip="At the first step, copy the patch of starting noise that each phrase attends to most "
             "into its region's box before the gradient steps (Mao et al. 2023): objects then start near "
-            "their regions. One extra forward pass. Applies when start_at is 0 and sampling starts from pure "
-            "noise; skipped by itself on a latent that holds an image (denoise < 1, or a sampler that "
-            "continues another's steps).",
+            "their regions. Reads the UNet encoder's attention (half an extra forward pass). Applies when "
+            "start_at is 0 and sampling starts from pure noise; skipped by itself on a latent that holds "
+            "an image (denoise < 1, or a sampler that continues another's steps).",
         ),
         io.Combo.Input(
             "layers",
@@ -166,11 +166,16 @@ def make_guidance(
     targets = tuple(
         RegionTarget(tuple(positions[r.phrase]), m, r.weight) for r, m in zip(regions, masks, strict=True)
     )
+    start_layers = []
+    if move_start:  # the encoder's maps at the start show best where objects will grow (docs)
+        with blame_input(node, "move_start", ValueError):
+            start_layers = select_layers(all_layers, "encoder")
     with blame_input(node, "end_at", ValueError):
         guide = BackwardGuidance(
             targets, tuple(chosen), weights, tuple(text_tokens),
             strength, start_at, end_at, iterations, threshold,
             start_regions=tuple(r.mask for r in regions) if move_start else (),
+            start_layers=tuple(start_layers),
         )  # fmt: skip
     if candidates > 1 and start_at > 0:
         with blame_input(node, "candidates", ValueError):
@@ -180,7 +185,8 @@ def make_guidance(
             )
     if strength == 0:
         return model
-    return with_latent_guidance(install_attention_capture(model, chosen), guide, candidates)
+    captured = list(dict.fromkeys([*chosen, *start_layers]))
+    return with_latent_guidance(install_attention_capture(model, captured), guide, candidates)
 
 
 class RegionBackwardGuidance(io.ComfyNode):

@@ -75,6 +75,7 @@ def test_select_layers_presets_and_names():
     names = lambda ls: [layer.name for layer in ls]  # noqa: E731
     assert names(select_layers(layers, "coarse")) == ["middle_0.0", "output_3.0", "output_6.0"]
     assert names(select_layers(layers, "input")) == ["input_1.0", "input_4.0"]
+    assert names(select_layers(layers, "encoder")) == ["input_1.0", "input_4.0", "middle_0.0"]
     assert len(select_layers(layers, "all")) == 6
     assert names(select_layers(layers, "output_9.0, middle_0.0")) == ["output_9.0", "middle_0.0"]
     with pytest.raises(ValueError, match="output_7.0"):

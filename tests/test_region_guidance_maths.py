@@ -258,3 +258,30 @@ def test_moving_the_start_rearranges_the_noise_at_the_first_step_only(denoiser):
         BackwardGuidance(
             (RegionTarget((1,), region), RegionTarget((2,), region)), layers, start_regions=(region,)
         )
+
+
+def test_the_start_is_placed_by_the_start_layers_attention(denoiser):
+    class Recording:  # which layers each forward pass recorded
+        def __init__(self):
+            self.recorded = []
+
+        def denoise(self, x, sigma, cond, store=None):
+            try:
+                return denoiser.denoise(x, sigma, cond, store)
+            finally:
+                self.recorded.append(set(store.maps_by_layer))
+
+    x = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(8)) * 5
+    cond = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(9))
+    region = box_mask((0.5, 0.0, 1.0, 0.5), 16, 16)
+    layers = tuple(denoiser.layers)
+    encoder = tuple(layer for layer in layers if layer.block != "output")
+    moves = {}
+    for start_layers in (encoder, ()):
+        guide = BackwardGuidance(
+            (RegionTarget((1, 2), region),), layers, start_regions=(region,), start_layers=start_layers
+        )
+        recording = Recording()
+        moves[start_layers] = guide.moved_start(recording, x, torch.tensor([5.0]), cond)
+        assert recording.recorded == [set(start_layers or layers)]
+    assert not torch.equal(moves[encoder], moves[()])
