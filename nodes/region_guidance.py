@@ -128,7 +128,8 @@ def guidance_inputs() -> list:
             default="all",
             tooltip="Cross-attention layers the energy reads: 'all' (default) or 'coarse' = mid block and "
             "the coarsest decoder levels (layout guidance's choice for SD1.5; stops the gradient pass "
-            "early, so each step is cheaper).",
+            "early, so each step is cheaper); 'input', 'middle', 'output' blocks, or 'encoder' = input "
+            "and middle.",
         ),
         weight("layout_weight", 1.0, "Layout-guidance energy: share of each phrase's attention outside it."),
         weight("boxdiff_weight", 0.0, "BoxDiff energy: strong inside, weak outside, edges at the box."),
