@@ -168,7 +168,7 @@ def make_guidance(
         RegionTarget(tuple(positions[r.phrase]), m, r.weight) for r, m in zip(regions, masks, strict=True)
     )
     start_layers = []
-    if move_start:  # the encoder's maps at the start show best where objects will grow (docs)
+    if move_start:  # on the demo model the encoder's maps placed the start best (docs, fourth round)
         with blame_input(node, "move_start", ValueError):
             start_layers = select_layers(all_layers, "encoder")
     with blame_input(node, "end_at", ValueError):
