@@ -8,7 +8,6 @@ couple, ...); they do nothing unless a call passes an ``AttentionStore`` through
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 
 import comfy.ldm.modules.attention as comfy_attention
@@ -200,21 +199,18 @@ class LatentGuidanceWrapper:
                 positive,
                 sample_sigmas,
                 alternatives=alternatives if first_step else None,
-                start_is_noise=starts_from_noise(guider.inner_model.model_sampling, sample_sigmas),
+                start_is_noise=starts_from_noise(guider, sample_sigmas),
             )
             if moved is not None:
                 x.copy_(moved.to(x.dtype))
         return executor(x, timestep, model_options, seed)
 
 
-def starts_from_noise(model_sampling, sample_sigmas: torch.Tensor | None) -> bool:
-    """Whether the schedule starts at the model's maximum noise level (the test ComfyUI's samplers
-    use to scale the start as pure noise); not with denoise < 1 or a sampler continuing another's
-    steps, whose start holds an image."""
-    if sample_sigmas is None:
-        return False
-    first, top = float(sample_sigmas[0]), float(model_sampling.sigma_max)
-    return first > top or math.isclose(first, top, rel_tol=1e-5)
+def starts_from_noise(guider, sample_sigmas: torch.Tensor | None) -> bool:
+    """Whether the schedule starts at the model's maximum noise level: ComfyUI's own test
+    (``Sampler.max_denoise``) for scaling the start as pure noise. Not with denoise < 1 or a sampler
+    continuing another's steps, whose start holds an image."""
+    return sample_sigmas is not None and comfy.samplers.Sampler().max_denoise(guider, sample_sigmas)
 
 
 class StartCandidatesWrapper:
