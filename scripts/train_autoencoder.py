@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -20,7 +19,14 @@ import torch
 from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import split_scene
-from scripts.training import load_checkpoint, run_arguments, save_checkpoint, warmup_cosine
+from scripts.training import (
+    TrainingLoop,
+    load_checkpoint,
+    new_record,
+    run_arguments,
+    save_checkpoint,
+    warmup_cosine,
+)
 from spatial_control.models.autoencoder import (
     DEFAULT_WEIGHTS,
     AutoencoderConfig,
@@ -182,7 +188,7 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.lr, betas=(0.9, recipe.beta2), weight_decay=0.0
     )
-    record = {"step": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0, "history": []}
+    record = new_record()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -206,15 +212,12 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
             },
         )
 
-    wall_start, cpu_start = time.time(), time.process_time()
-    wall_base, cpu_base = record["wall_seconds"], record["cpu_seconds"]
-    last_checkpoint = last_log = time.time()
-    log_step = record["step"]
-    while record["step"] < args.steps and time.time() - wall_start < 60 * args.minutes:
-        step = record["step"]
-        lr = learning_rate(recipe, step, args.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def schedule(step: int) -> float:
+        return learning_rate(recipe, step, args.steps)
+
+    loop = TrainingLoop(args, optimizer, record, schedule, checkpoint, recipe.batch_size)
+
+    def train_step(step: int) -> str:
         first = step * recipe.batch_size
         x = to_tensor([training_image(first + i) for i in range(recipe.batch_size)]).to(device)
         if device.type == "cpu":
@@ -226,43 +229,17 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
         loss = mse + recipe.latent_l2 * z.pow(2).mean()
         if step < recipe.l1_steps:
             loss = loss + recipe.l1_weight * (1 - step / recipe.l1_steps) * F.l1_loss(y, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        record["step"] = step = step + 1
-        record["wall_seconds"] = wall_base + time.time() - wall_start
-        record["cpu_seconds"] = cpu_base + time.process_time() - cpu_start
+        loop.optimise(loss, model.parameters(), recipe.grad_clip)
+        # mse is on [-1, 1] images: divide by 4 for the [0, 1] scale PSNR uses
+        return (
+            f"loss {loss.item():.3e} train psnr {psnr_of_mse(mse.item() / 4):.2f} dB"
+            f" z_std {z.detach().std().item():.3f}"
+        )
 
-        if step % args.log_every == 0:
-            rate = (step - log_step) * recipe.batch_size / (time.time() - last_log)
-            last_log, log_step = time.time(), step
-            # mse is on [-1, 1] images: divide by 4 for the [0, 1] scale PSNR uses
-            train_psnr = psnr_of_mse(mse.item() / 4)
-            print(
-                f"step {step}/{args.steps} loss {loss.item():.3e} train psnr {train_psnr:.2f} dB"
-                f" lr {lr:.2e} z_std {z.detach().std().item():.3f} | {rate:.1f} samples/s"
-                f" cpu {record['cpu_seconds'] / 60:.1f} min",
-                flush=True,
-            )
-        if step % args.eval_every == 0 or step == args.steps:
-            result = evaluate(model, scenes, device)
-            record["history"].append(
-                {
-                    "step": step,
-                    "cpu_minutes": round(record["cpu_seconds"] / 60, 2),
-                    **{k: round(v, 3) for k, v in result.items()},
-                }
-            )
-            print(
-                f"eval step {step}: psnr {result['psnr']:.2f} dB (3-4 objects"
-                f" {result['psnr_3_4_objects']:.2f}, worst image {result['worst_image_psnr']:.2f})",
-                flush=True,
-            )
-        if time.time() - last_checkpoint > args.checkpoint_seconds:
-            checkpoint()
-            last_checkpoint = time.time()
-    checkpoint()
+    def evaluate_now(step: int) -> dict:
+        return {k: round(v, 3) for k, v in evaluate(model, scenes, device).items()}
+
+    loop.run(train_step, evaluate_now)
     if not args.no_export:
         export(model, recipe, record, args, scenes, device, n_params)
 

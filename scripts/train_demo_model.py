@@ -2,6 +2,7 @@
 
     python -m scripts.train_demo_model --minutes 60          # CPU, resumes where it stopped
     python -m scripts.train_demo_model --device cuda --workers 8 --minutes 20
+    python -m scripts.train_demo_model --init-from models/weights --steps 5818 --lr 5e-4   # fine-tune
 
 Recipe (chosen for convergence per CPU-second, see docs/demo_model.md): scenes of 1-4 objects
 generated on the fly from the train split and encoded by the frozen autoencoder; captions dropped
@@ -20,18 +21,30 @@ import argparse
 import copy
 import json
 import os
-import time
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import torch
 
+from benchmarks.shape_world.captions import (
+    UNKNOWN_WORD_EXAMPLES,
+    WrittenCaption,
+    random_style,
+    vocabulary_words,
+    write_caption,
+)
 from benchmarks.shape_world.generator import Scene, split_scene
 from benchmarks.shape_world.metrics import area_resize
-from benchmarks.shape_world.vocabulary import COLOUR_NAMES, SHAPES, SIZE_WORDS
 from scripts.comfy_headless import PACK_ROOT, find_comfyui
-from scripts.training import save_checkpoint, train_dir, warmup_cosine
+from scripts.training import (
+    TrainingLoop,
+    load_checkpoint,
+    new_record,
+    run_arguments,
+    save_checkpoint,
+    warmup_cosine,
+)
 from spatial_control.guidance.attention_store import AttentionStore
 from spatial_control.guidance.backends.diffusers import RecordingCrossAttention, diffusers_layer_keys
 from spatial_control.models.autoencoder import load_autoencoder
@@ -50,6 +63,7 @@ from spatial_control.models.demo_model import (
 from spatial_control.models.demo_unet import DEMO_UNET_CONFIG, build_demo_unet
 from spatial_control.models.text_encoder import (
     CONTEXT_LENGTH,
+    VOCAB_SIZE,
     build_text_encoder,
     load_clip_tokenizer,
     tokenize,
@@ -60,7 +74,8 @@ GROUNDING_GRID = (16, 16)
 TEXTURED_SHARE = 0.1
 CAPTION_DROPOUT = 0.1
 MIN_SNR_GAMMA = 5.0
-VOCABULARY_WORDS = (*COLOUR_NAMES, *SHAPES, *SIZE_WORDS, "a", "and", ",")
+CAPTIONS = "varied (benchmarks/shape_world/captions.py: random_style)"
+UNKNOWN_POOL = 2000  # words outside the vocabulary that varied captions may carry (zero embeddings)
 
 
 def alphas_cumprod(steps: int = 1000) -> torch.Tensor:
@@ -68,14 +83,33 @@ def alphas_cumprod(steps: int = 1000) -> torch.Tensor:
     return torch.cumprod(1 - betas, 0).float()
 
 
-def grounding_targets(tokenizer, scene: Scene, grid: tuple[int, int] = GROUNDING_GRID) -> torch.Tensor:
-    """``[77, *grid]``: for each token of an object's phrase in ``scene.caption``, the object's mask
+def vocabulary_ids(tokenizer) -> list[int]:
+    """Token ids of the words captions are written with: the embedding rows the text encoder trains
+    and exports (every other row is zero, in training as in the exported file)."""
+    return sorted(set(tokenize(tokenizer, [" ".join(vocabulary_words())]).flatten().tolist()))
+
+
+def unknown_words(tokenizer, count: int = UNKNOWN_POOL, seed: int = 0) -> list[str]:
+    """A fixed sample of whole words of the CLIP vocabulary that lie outside the demo model's (and
+    outside the benchmark's held-out ``UNKNOWN_WORD_EXAMPLES``)."""
+    known = {*vocabulary_words(), *UNKNOWN_WORD_EXAMPLES}
+    words = sorted(
+        w[:-4] for w in tokenizer.get_vocab() if w.endswith("</w>") and w[:-4].isalpha() and len(w) > 6
+    )
+    words = [w for w in words if w not in known]
+    return [words[i] for i in np.random.default_rng(seed).choice(len(words), count, replace=False)]
+
+
+def grounding_targets(
+    tokenizer, caption: WrittenCaption, scene: Scene, grid: tuple[int, int] = GROUNDING_GRID
+) -> torch.Tensor:
+    """``[77, *grid]``: for each token of an object's phrase in ``caption``, the object's mask
     area-resized to ``grid``; zero rows for every other token."""
-    ids = tokenize(tokenizer, [scene.caption])[0].tolist()
+    ids = tokenize(tokenizer, [caption.text])[0].tolist()
     targets = torch.zeros(CONTEXT_LENGTH, *grid)
     cursor = 0
-    for obj, mask in zip(scene.objects, scene.masks, strict=True):
-        phrase = tokenizer(obj.phrase, add_special_tokens=False)["input_ids"]
+    for words, mask in zip(caption.phrases, scene.masks, strict=True):
+        phrase = tokenizer(words, add_special_tokens=False)["input_ids"]
         start = next(i for i in range(cursor, len(ids)) if ids[i : i + len(phrase)] == phrase)
         cursor = start + len(phrase)
         targets[start:cursor] = torch.from_numpy(area_resize(mask, grid)).float()
@@ -95,10 +129,11 @@ def token_grounding_loss(maps: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 class SceneBatches(torch.utils.data.IterableDataset):
     """Batches ``(images [B,3,128,128] in [-1,1], captions, grounding targets [B,77,16,16])`` of the
-    train split from ``first_index``."""
+    train split from ``first_index``; captions written in random styles (``captions.random_style``)."""
 
     def __init__(self, batch: int, first_index: int, seed: int = 0, tokenizer=None):
         self.batch, self.first_index, self.seed, self.tokenizer = batch, first_index, seed, tokenizer
+        self.unknown = unknown_words(tokenizer, seed=seed) if tokenizer is not None else ()
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -116,45 +151,58 @@ class SceneBatches(torch.utils.data.IterableDataset):
                 scene = split_scene("train", index, n_objects=n, background=background)
                 images.append(scene.image)
                 dropped = rng.random() < CAPTION_DROPOUT
-                captions.append("" if dropped else scene.caption)
+                style = random_style(rng, n, self.unknown)
+                caption = write_caption(scene.objects, style, rng)
+                captions.append("" if dropped else caption.text)
                 if dropped or self.tokenizer is None:
                     targets.append(torch.zeros(CONTEXT_LENGTH, *GROUNDING_GRID))
                 else:
-                    targets.append(grounding_targets(self.tokenizer, scene))
+                    targets.append(grounding_targets(self.tokenizer, caption, scene))
             pixels = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
             yield pixels, captions, torch.stack(targets)
             k += workers
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "2")))
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = run_arguments(
+        __doc__, "demo_model", steps=5000, minutes=60.0, out=PACK_ROOT / "models" / "weights", eval_every=0
+    )
+    parser.set_defaults(
+        threads=int(os.environ.get("OMP_NUM_THREADS", "2")), log_every=20, checkpoint_seconds=300
+    )
     parser.add_argument("--workers", type=int, default=0, help="data-generating processes (use on GPU)")
-    parser.add_argument("--minutes", type=float, default=60.0, help="stop after this much wall time")
-    parser.add_argument("--total-steps", type=int, default=5000, help="length of the LR schedule")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--ema", type=float, default=0.999)
     parser.add_argument(
         "--grounding-weight", type=float, default=0.01, help="weight of the token grounding loss (0: off)"
     )
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0)
-    parser.add_argument("--log-every", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=PACK_ROOT / "models" / "weights")
-    parser.add_argument("--workdir", type=Path, default=train_dir("demo_model"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--init-from", type=Path, help="without a checkpoint: start from the weights exported in this folder"
+        "--init-from",
+        type=Path,
+        help="without a checkpoint: start from the weights exported in this folder, with a fresh optimiser "
+        "and an LR schedule from their step to --steps",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.out = Path(args.out)  # the weights folder: the autoencoder is read from it, the export written to it
+    return args
 
+
+def recipe_of(args) -> dict:
+    """What determines the trained weights: a checkpoint only resumes the same recipe."""
+    return {"batch": args.batch, "lr": args.lr, "ema": args.ema, "grounding_weight": args.grounding_weight,
+            "seed": args.seed, "captions": CAPTIONS}  # fmt: skip
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     # The capture kwargs reach the self-attention processors too, which warn on every call.
     diffusers.utils.logging.set_verbosity_error()
     device = torch.device(args.device)
-    args.workdir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = args.workdir / "checkpoint.pt"
+    checkpoint_path = args.cache_dir / "checkpoint.pt"
+    state = None if args.fresh else load_checkpoint(checkpoint_path, recipe_of(args))
 
     autoencoder = load_autoencoder(args.out / AUTOENCODER_FILE).to(device).eval().requires_grad_(False)
     latent_scale = autoencoder_latent_scale(args.out / AUTOENCODER_FILE)
@@ -164,21 +212,28 @@ def main() -> None:
     recorders = {name: RecordingCrossAttention(key) for name, key in diffusers_layer_keys(unet).items()}
     unet.set_attn_processor({**unet.attn_processors, **recorders})
     params = list(unet.parameters()) + list(text_encoder.parameters())
+    keep = vocabulary_ids(tokenizer)
+    outside = torch.ones(VOCAB_SIZE, 1, dtype=torch.bool, device=device)
+    outside[keep] = False
+    embedding = text_encoder.get_input_embeddings().weight
+    with torch.no_grad():
+        embedding.masked_fill_(outside, 0.0)
+    # Words outside the vocabulary keep zero embeddings in training, as in the exported file.
+    embedding.register_hook(lambda grad: grad.masked_fill(outside, 0.0))
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.01)
     ema_unet, ema_text = (
         copy.deepcopy(unet).requires_grad_(False),
         copy.deepcopy(text_encoder).requires_grad_(False),
     )
-    step, samples, cpu_seconds = 0, 0, 0.0
-    if ckpt_path.is_file():
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
-        unet.load_state_dict(state["unet"])
-        text_encoder.load_state_dict(state["text_encoder"])
-        ema_unet.load_state_dict(state["ema_unet"])
-        ema_text.load_state_dict(state["ema_text"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, samples, cpu_seconds = state["step"], state["samples"], state["cpu_seconds"]
-        print(f"resumed at step {step} ({samples} samples, {cpu_seconds / 60:.1f} CPU-minutes)", flush=True)
+    record = {**new_record(), "samples": 0, "schedule_start": 0}
+    if state is not None:
+        for module, key in ((unet, "unet"), (text_encoder, "text_encoder"), (ema_unet, "ema_unet"),
+                            (ema_text, "ema_text"), (optimizer, "optimizer")):  # fmt: skip
+            module.load_state_dict(state[key])
+        record = state["record"]
+        print(
+            f"resuming {checkpoint_path} at step {record['step']} ({record['samples']} samples)", flush=True
+        )
     elif args.init_from:
         unet_state, unet_meta = read_weights(args.init_from / UNET_FILE)
         text_state, _ = load_demo_text_encoder_state(args.init_from / TEXT_ENCODER_FILE)
@@ -186,35 +241,41 @@ def main() -> None:
         text_state = {
             k if k in text_keys else k.removeprefix("text_model."): v for k, v in text_state.items()
         }
-        for model, ema, state in ((unet, ema_unet, unet_state), (text_encoder, ema_text, text_state)):
-            model.load_state_dict(state, strict=False)
-            ema.load_state_dict(state, strict=False)
-        record = unet_meta["training"]
-        step, samples, cpu_seconds = record["steps"], record["samples"], record["cpu_minutes"] * 60
-        print(f"warm start from {args.init_from} at step {step} (fresh optimiser)", flush=True)
+        for model, ema, weights in ((unet, ema_unet, unet_state), (text_encoder, ema_text, text_state)):
+            model.load_state_dict(weights, strict=False)
+            ema.load_state_dict(weights, strict=False)
+        done = unet_meta["training"]
+        record.update(step=done["steps"], samples=done["samples"], cpu_seconds=done["cpu_minutes"] * 60)
+        record["schedule_start"] = done["steps"]
+        print(
+            f"warm start from {args.init_from} at step {done['steps']} (fresh optimiser and schedule)",
+            flush=True,
+        )
 
-    def checkpoint_now() -> None:
-        state = {
+    def checkpoint() -> None:
+        save_checkpoint(checkpoint_path, {
             "unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
             "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-            "optimizer": optimizer.state_dict(), "step": step, "samples": samples,
-            "cpu_seconds": cpu_seconds, "args": {k: str(v) for k, v in vars(args).items()},
-        }  # fmt: skip
-        save_checkpoint(ckpt_path, state)
+            "optimizer": optimizer.state_dict(), "record": record, "recipe": recipe_of(args),
+        })  # fmt: skip
+
+    def schedule(step: int) -> float:
+        start = record["schedule_start"]
+        return warmup_cosine(step - start, args.lr, warmup=200, total=args.steps - start, floor=0.1)
 
     acp = alphas_cumprod().to(device)
-    data = torch.utils.data.DataLoader(
-        SceneBatches(args.batch, first_index=samples, seed=args.seed, tokenizer=tokenizer),
-        batch_size=None,
-        num_workers=args.workers,
+    batches = iter(
+        torch.utils.data.DataLoader(
+            SceneBatches(args.batch, first_index=record["samples"], seed=args.seed, tokenizer=tokenizer),
+            batch_size=None,
+            num_workers=args.workers,
+        )
     )
-    start = last_ckpt = last_log = time.time()
-    cpu_start = time.process_time()
-    running, running_grounding = [], []
-    for pixels, captions, targets in data:
-        lr = warmup_cosine(step, args.lr, warmup=200, total=args.total_steps, floor=0.1)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+
+    loop = TrainingLoop(args, optimizer, record, schedule, checkpoint, args.batch)
+
+    def train_step(step: int) -> str:
+        pixels, captions, targets = next(batches)
         with torch.no_grad():
             z = autoencoder.encode(pixels.to(device)) * latent_scale
         ids = tokenize(tokenizer, captions).to(device)
@@ -231,53 +292,35 @@ def main() -> None:
         prediction = unet(x_t, t, context, cross_attention_kwargs=capture).sample
         grounding = token_grounding_loss(store.maps(GROUNDING_GRID), targets.to(device))
         loss = (weight * (prediction.float() - target) ** 2).mean() + args.grounding_weight * grounding
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loop.optimise(loss, params, 1.0)
         decay = min(args.ema, (1 + step) / (10 + step))
         with torch.no_grad():
             for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
                 for p, e in zip(model.parameters(), ema.parameters(), strict=True):
                     e.lerp_(p, 1 - decay)
-        step += 1
-        samples += z.shape[0]
-        running.append(loss.item())
-        running_grounding.append(grounding.item())
-        now = time.time()
-        if step % args.log_every == 0:
-            rate = len(running) * args.batch / (now - last_log)
-            last_log = now
-            print(
-                f"step {step} loss {np.mean(running):.4f} grounding {np.mean(running_grounding):.3f} "
-                f"lr {lr:.2e} {rate:.1f} samples/s "
-                f"cpu-min {(cpu_seconds + time.process_time() - cpu_start) / 60:.1f}",
-                flush=True,
-            )
-            running, running_grounding = [], []
-        done = now - start >= args.minutes * 60
-        if done or now - last_ckpt >= args.checkpoint_minutes * 60:
-            cpu_seconds += time.process_time() - cpu_start
-            cpu_start = time.process_time()
-            checkpoint_now()
-            last_ckpt = now
-        if done:
-            break
+        record["samples"] += z.shape[0]
+        return f"loss {loss.item():.4f} grounding {grounding.item():.3f}"
 
-    record = {
-        "steps": step, "samples": samples, "cpu_minutes": round(cpu_seconds / 60, 1), "batch": args.batch,
-        "lr": args.lr, "ema": args.ema, "prediction": "v", "min_snr_gamma": MIN_SNR_GAMMA,
+    loop.run(train_step)
+    if args.no_export:
+        return
+    exported = {
+        "steps": record["step"], "samples": record["samples"],
+        "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
+        "wall_minutes": round(record["wall_seconds"] / 60, 1),
+        "batch": args.batch, "lr": args.lr, "ema": args.ema, "prediction": "v",
+        "min_snr_gamma": MIN_SNR_GAMMA,
         "caption_dropout": CAPTION_DROPOUT, "object_count_probs": OBJECT_COUNT_PROBS, "threads": args.threads,
-        "grounding_weight": args.grounding_weight,
+        "grounding_weight": args.grounding_weight, "captions": CAPTIONS,
+        "schedule_start": record["schedule_start"], "schedule_end": args.steps,
     }  # fmt: skip
     pixels, _, _ = next(iter(SceneBatches(64, first_index=10**9, seed=args.seed)))
     with torch.no_grad():
         preview = fit_latent_preview(autoencoder.encode(pixels.to(device)).cpu() * latent_scale, pixels)
-    save_demo_unet(ema_unet, args.out / UNET_FILE, record, preview)
-    keep = sorted(set(tokenize(tokenizer, [" ".join(VOCABULARY_WORDS)]).flatten().tolist()))
-    save_demo_text_encoder(ema_text, args.out / TEXT_ENCODER_FILE, keep, record)
+    save_demo_unet(ema_unet, args.out / UNET_FILE, exported, preview)
+    save_demo_text_encoder(ema_text, args.out / TEXT_ENCODER_FILE, keep, exported)
     print(
-        f"exported {args.out / UNET_FILE} and {args.out / TEXT_ENCODER_FILE}: {json.dumps(record)}",
+        f"exported {args.out / UNET_FILE} and {args.out / TEXT_ENCODER_FILE}: {json.dumps(exported)}",
         flush=True,
     )
 

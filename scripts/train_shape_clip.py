@@ -14,7 +14,6 @@ minutes and a rerun continues from it; every run ends by exporting fp16 weights 
 from __future__ import annotations
 
 import argparse
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,7 +22,14 @@ from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import make_caption, render_scene, split_scene
 from benchmarks.shape_world.vocabulary import COLOUR_NAMES, PAIRS, SHAPES, SIZE_WORDS, phrase
-from scripts.training import load_checkpoint, run_arguments, save_checkpoint, warmup_cosine
+from scripts.training import (
+    TrainingLoop,
+    load_checkpoint,
+    new_record,
+    run_arguments,
+    save_checkpoint,
+    warmup_cosine,
+)
 from spatial_control.models.shape_clip import (
     DEFAULT_WEIGHTS,
     ShapeCLIP,
@@ -308,7 +314,7 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
         [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=recipe.lr,
     )
-    record = {"step": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0, "history": []}
+    record = new_record()
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -339,58 +345,27 @@ def train(args: argparse.Namespace, recipe: Recipe) -> None:
             and history[-1]["zero_shot_accuracy"] >= args.stop_accuracy
         )
 
-    wall_start, cpu_start = time.time(), time.process_time()
-    wall_base, cpu_base = record["wall_seconds"], record["cpu_seconds"]
-    last_checkpoint = last_log = time.time()
-    log_step = record["step"]
-    while (
-        record["step"] < args.steps and time.time() - wall_start < 60 * args.minutes and not reached_target()
-    ):
-        step = record["step"]
-        lr = learning_rate(recipe, step, args.steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+    def schedule(step: int) -> float:
+        return learning_rate(recipe, step, args.steps)
+
+    loop = TrainingLoop(args, optimizer, record, schedule, checkpoint, recipe.batch_size)
+
+    def train_step(step: int) -> str:
         first = step * recipe.batch_size
         samples = [training_sample(recipe.seed, first + i) for i in range(recipe.batch_size)]
         images, captions, negatives = (list(column) for column in zip(*samples, strict=True))
         images = augment(torch.stack(images), recipe).to(device)
         loss, batch_accuracy = contrastive_loss(model, images, captions, negatives, tokens)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-        optimizer.step()
-        record["step"] = step = step + 1
-        record["wall_seconds"] = wall_base + time.time() - wall_start
-        record["cpu_seconds"] = cpu_base + time.process_time() - cpu_start
+        loop.optimise(loss, model.parameters(), recipe.grad_clip)
+        return (
+            f"loss {loss.item():.3f} batch acc {batch_accuracy:.3f}"
+            f" scale {model.logit_scale_value().item():.1f}"
+        )
 
-        if step % args.log_every == 0:
-            rate = (step - log_step) * recipe.batch_size / (time.time() - last_log)
-            last_log, log_step = time.time(), step
-            print(
-                f"step {step}/{args.steps} loss {loss.item():.3f} batch acc {batch_accuracy:.3f}"
-                f" lr {lr:.2e} scale {model.logit_scale_value().item():.1f} | {rate:.1f} samples/s"
-                f" cpu {record['cpu_seconds'] / 60:.1f} min",
-                flush=True,
-            )
-        if step % args.eval_every == 0 or step == args.steps:
-            result = evaluate(model, tokens)
-            record["history"].append(
-                {
-                    "step": step,
-                    "cpu_minutes": round(record["cpu_seconds"] / 60, 2),
-                    **{k: round(v, 3) for k, v in result.items()},
-                }
-            )
-            print(
-                f"eval step {step}: zero-shot accuracy {result['zero_shot_accuracy']:.3f},"
-                f" multi-object win rate {result['multi_object_win_rate']:.3f},"
-                f" binding win rate {result['binding_win_rate']:.3f}",
-                flush=True,
-            )
-        if time.time() - last_checkpoint > args.checkpoint_seconds:
-            checkpoint()
-            last_checkpoint = time.time()
-    checkpoint()
+    def evaluate_now(step: int) -> dict:
+        return {k: round(v, 3) for k, v in evaluate(model, tokens).items()}
+
+    loop.run(train_step, evaluate_now, stop=reached_target)
     if not args.no_export:
         export(model, recipe, record, args, tokens, n_params)
 

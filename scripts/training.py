@@ -1,9 +1,11 @@
-"""What the training scripts share: where checkpoints live, atomic checkpoints, the LR schedule."""
+"""What the training scripts share: where checkpoints live, atomic checkpoints, the LR schedule, the
+command-line options and the main loop."""
 
 from __future__ import annotations
 
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -65,3 +67,68 @@ def run_arguments(description: str, name: str, steps: int, minutes: float, out: 
     parser.add_argument("--checkpoint-seconds", type=float, default=120.0)
     parser.add_argument("--no-export", action="store_true", help="skip the export (trials)")
     return parser
+
+
+def new_record() -> dict:
+    """A run's progress, kept in its checkpoint: optimizer steps, CPU and wall seconds over all its
+    invocations, and the evaluations so far."""
+    return {"step": 0, "cpu_seconds": 0.0, "wall_seconds": 0.0, "history": []}
+
+
+class TrainingLoop:
+    """The main loop every training script shares, around the script's own optimisation step.
+
+    Runs until ``args.steps`` optimizer steps are done, ``args.minutes`` of wall time have passed
+    or ``stop()`` says so; sets the learning rate of every param group from ``schedule(step)``
+    before each step; logs every ``args.log_every`` steps with the sample rate and CPU time;
+    evaluates every ``args.eval_every`` steps and at the last; checkpoints every
+    ``args.checkpoint_seconds`` and at the end, through ``save()``. ``record`` (``new_record``) is
+    updated in place, so CPU and wall time add up across resumed invocations.
+    """
+
+    def __init__(self, args, optimizer, record: dict, schedule, save, batch_size: int):
+        self.args, self.optimizer, self.record = args, optimizer, record
+        self.schedule, self.save, self.batch_size = schedule, save, batch_size
+
+    def optimise(self, loss, params, grad_clip: float) -> None:
+        """One optimizer step on ``loss``, gradients clipped to norm ``grad_clip``."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        self.optimizer.step()
+
+    def run(self, train_step, evaluate=None, stop=lambda: False) -> None:
+        """``train_step(step) -> str``: one optimizer step (the LR already set), returning what its
+        log line should say; ``evaluate(step) -> dict``: figures appended to the record's history."""
+        args, record = self.args, self.record
+        wall_start, cpu_start = time.time(), time.process_time()
+        wall_base, cpu_base = record["wall_seconds"], record["cpu_seconds"]
+        last_checkpoint = last_log = time.time()
+        log_step = record["step"]
+        while record["step"] < args.steps and time.time() - wall_start < 60 * args.minutes and not stop():
+            lr = self.schedule(record["step"])
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            text = train_step(record["step"])
+            record["step"] += 1
+            record["wall_seconds"] = wall_base + time.time() - wall_start
+            record["cpu_seconds"] = cpu_base + time.process_time() - cpu_start
+            step = record["step"]
+            if step % args.log_every == 0:
+                rate = (step - log_step) * self.batch_size / (time.time() - last_log)
+                last_log, log_step = time.time(), step
+                print(
+                    f"step {step}/{args.steps} {text} lr {lr:.2e} | {rate:.1f} samples/s"
+                    f" cpu {record['cpu_seconds'] / 60:.1f} min",
+                    flush=True,
+                )
+            if evaluate is not None and (step % args.eval_every == 0 or step == args.steps):
+                figures = evaluate(step)
+                record["history"].append(
+                    {"step": step, "cpu_minutes": round(record["cpu_seconds"] / 60, 2), **figures}
+                )
+                print(f"eval step {step}: " + ", ".join(f"{k} {v}" for k, v in figures.items()), flush=True)
+            if time.time() - last_checkpoint > args.checkpoint_seconds:
+                self.save()
+                last_checkpoint = time.time()
+        self.save()

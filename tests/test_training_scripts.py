@@ -1,28 +1,60 @@
-"""The demo-model training script trains, checkpoints, resumes and exports (a few tiny steps)."""
+"""Each training script trains, checkpoints, resumes where it stopped and exports (a few tiny steps),
+through the main loop they share (scripts/training.py)."""
 
 import os
 import shutil
 import subprocess
 import sys
 
+import pytest
+
 from scripts.comfy_headless import PACK_ROOT
 
 
-def test_train_demo_model_checkpoints_resumes_and_exports(demo_weights, tmp_path):
-    out, work = tmp_path / "weights", tmp_path / "work"
-    shutil.copytree(demo_weights, out)
-    cmd = [sys.executable, "-m", "scripts.train_demo_model", "--threads", "1", "--batch", "4",
-           "--log-every", "2",
-           "--checkpoint-minutes", "0", "--out", str(out),
-           "--workdir", str(work)]  # fmt: skip
+def _run(module: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    first = subprocess.run(
-        [*cmd, "--minutes", "0.02"], cwd=PACK_ROOT, env=env, capture_output=True, text=True
-    )
-    assert first.returncode == 0, first.stderr[-2000:]
-    assert (work / "checkpoint.pt").is_file() and "exported" in first.stdout
-    second = subprocess.run(
-        [*cmd, "--minutes", "0.01"], cwd=PACK_ROOT, env=env, capture_output=True, text=True
-    )
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "resumed at step" in second.stdout
+    cmd = [
+        sys.executable,
+        "-m",
+        module,
+        "--threads",
+        "1",
+        "--checkpoint-seconds",
+        "0",
+        "--log-every",
+        "1",
+        *args,
+    ]
+    proc = subprocess.run(cmd, cwd=PACK_ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _train_twice(module: str, work, out, first: list[str], *extra: str) -> tuple[str, str]:
+    """Train to step 2 (no export), then resume to step 3 and export; both runs' output."""
+    common = ["--cache-dir", str(work), "--out", str(out), "--minutes", "10", *extra]
+    one = _run(module, *common, "--steps", "2", "--no-export", *first)
+    assert (work / "checkpoint.pt").is_file() and "step 2/2" in one.stdout
+    two = _run(module, *common, "--steps", "3")
+    assert "at step 2" in two.stdout and "step 3/3" in two.stdout
+    return one.stdout, two.stdout
+
+
+def test_train_demo_model_checkpoints_resumes_and_exports(demo_weights, tmp_path):
+    out = tmp_path / "weights"
+    shutil.copytree(demo_weights, out)
+    before = (out / "demo_unet.safetensors").read_bytes()
+    _, second = _train_twice("scripts.train_demo_model", tmp_path / "work", out, [], "--batch", "4")
+    assert "exported" in second and (out / "demo_unet.safetensors").read_bytes() != before
+    assert '"steps": 3' in second
+
+
+@pytest.mark.parametrize(
+    "module, extra",
+    [("scripts.train_autoencoder", ["--batch-size", "2", "--eval-every", "1000"]),
+     ("scripts.train_shape_clip", ["--batch-size", "4", "--eval-every", "1000"])],
+)  # fmt: skip
+def test_train_script_checkpoints_resumes_and_exports(tmp_path, module, extra):
+    out = tmp_path / "model.safetensors"
+    _, second = _train_twice(module, tmp_path / "work", out, [], *extra)
+    assert out.is_file() and "exported" in second
