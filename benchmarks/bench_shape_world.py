@@ -4,8 +4,12 @@ Figures (all on the eval split, never used in training):
 - ``ae_psnr``: autoencoder reconstruction PSNR (dB); ``ae_success_ratio``: whole-image success on
   reconstructions divided by that on the originals.
 - ``success_{k}obj``: whole-image success of generated images for held-out captions with k objects
-  (every requested colour+shape present exactly once); ``floor_success_1obj``: the same images
-  judged against a shuffled caption (what chance gives).
+  (every requested colour+shape present exactly once), captions in the scenes' template (a size
+  word per object); ``floor_success_1obj``: the same images judged against a shuffled caption
+  (what chance gives).
+- ``success_by_form``: the same success for the same scenes and seeds with the captions written in
+  each prompt form of ``captions.PROMPT_FORMS`` (``plain``: no size words; ``mixed``, ``picture_of``,
+  ``bare``, ``unknown_words``: as users write them).
 - ``attention_localisation``: mean over objects found in generated 1-2 object images of (share of
   the colour / shape token's cross-attention inside the object's mask) / (mask's area share).
 - ``clip_zero_shot_acc``: the small CLIP's colour+shape accuracy on single-object scenes.
@@ -20,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.shape_world.captions import PROMPT_FORMS, write_caption
 from benchmarks.shape_world.generator import sample_layout, split_scene
 from benchmarks.shape_world.metrics import (
     attention_localisation,
@@ -122,6 +127,19 @@ def generation_figures(session, n: int) -> dict:
             figures["floor_success_1obj"] = float(
                 np.mean([whole_image_success(img, s.pairs) for img, s in zip(images, shuffled, strict=True)])
             )
+    figures["success_by_form"] = {"sized": {str(k): figures[f"success_{k}obj"] for k in (1, 2, 3, 4)}}
+    for form, style in PROMPT_FORMS.items():
+        if form == "sized":
+            continue
+        figures["success_by_form"][form] = {}
+        for k in (1, 2, 3, 4):
+            scenes = [split_scene("eval", SEED_BASE[k] + i, n_objects=k) for i in range(n)]
+            captions = [write_caption(s.objects, style).text for s in scenes]
+            images = []
+            for start, batch in _batches(captions):
+                images.extend(session.generate(batch, seed=SEED_BASE[k] + start)[0])
+            successes = [whole_image_success(img, s.pairs) for img, s in zip(images, scenes, strict=True)]
+            figures["success_by_form"][form][str(k)] = float(np.mean(successes))
     figures["attention_localisation"] = _mean(localisation["colour"] + localisation["shape"])
     figures["attention_localisation_by_word"] = {w: _mean(v) for w, v in localisation.items()}
     figures["attention_localisation_objects"] = len(localisation["colour"])
@@ -140,12 +158,12 @@ def generation_figures(session, n: int) -> dict:
     return figures
 
 
-def run(quick: bool = False) -> dict:
+def run(quick: bool = False, device: str = "cpu") -> dict:
     n = 25 if quick else 100
     figures = {"samples_per_count": n}
     figures.update(autoencoder_figures(n))
     figures["clip_zero_shot_acc"] = clip_zero_shot(n)
     from benchmarks.comfy_generation import DemoModelSession
 
-    figures.update(generation_figures(DemoModelSession(), n))
+    figures.update(generation_figures(DemoModelSession(device=device), n))
     return figures

@@ -21,5 +21,28 @@ def test_generation_figures(comfy, demo_weights):
     for k in (1, 2, 3, 4):
         assert 0 <= figures[f"success_{k}obj"] <= 1
     assert 0 <= figures["floor_success_1obj"] <= 1
+    assert set(figures["success_by_form"]) == {
+        "sized",
+        "plain",
+        "mixed",
+        "picture_of",
+        "bare",
+        "unknown_words",
+    }
+    assert all(0 <= v <= 1 for form in figures["success_by_form"].values() for v in form.values())
     assert figures["placement_unguided"]["objects"] >= 4
     assert 0 <= figures["placement_unguided"]["hit_rate"] <= 1
+
+
+def test_region_guidance_figures_split_by_object_count():
+    from benchmarks.bench_region_guidance import _figures
+
+    records = [
+        {"ious": [0.9, 0.1], "sizes": [0.1, None], "success": True},
+        {"ious": [0.6, 0.7, 0.2], "sizes": [0.2, 0.3, 0.4], "success": False},
+    ]
+    figures = _figures(records, seconds=4.0)
+    assert figures["hit_rate"] == 3 / 5 and figures["fidelity"] == 0.5 and figures["seconds_per_image"] == 2.0
+    assert figures["size_error"] == (0.1 + 0.2 + 0.3 + 0.4) / 4  # objects not found do not count
+    assert figures["by_objects"]["2"] == {"tasks": 1, "hit_rate": 0.5, "size_error": 0.1, "fidelity": 1.0}
+    assert figures["by_objects"]["3"]["hit_rate"] == 2 / 3
