@@ -169,14 +169,18 @@ class AttentionStore:
         return total / len(self.maps_by_layer)
 
 
-def attention_probabilities(q: torch.Tensor, k: torch.Tensor, heads: int) -> torch.Tensor:
-    """softmax(q k^T / sqrt(d)) in float32 for ``q [B, N, heads*d]`` and ``k [B, T, heads*d]`` ->
-    ``[B*heads, N, T]``."""
+def attention_probabilities(
+    q: torch.Tensor, k: torch.Tensor, heads: int, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) + bias) in float32 for ``q [B, N, heads*d]`` and ``k [B, T, heads*d]``
+    -> ``[B*heads, N, T]``; ``bias`` ``[B, N, T]`` (the same for every head) or None."""
     b, n, inner = q.shape
     d = inner // heads
     q = q.float().reshape(b, n, heads, d).transpose(1, 2)
     k = k.float().reshape(b, -1, heads, d).transpose(1, 2)
     sim = (q @ k.transpose(-1, -2)) * d**-0.5
+    if bias is not None:
+        sim = sim + bias.to(sim)[:, None]
     return sim.softmax(-1).reshape(b * heads, n, -1)
 
 

@@ -43,17 +43,9 @@ import torch
 from .attention_store import AttentionCaptured, AttentionStore, CrossAttentionLayer
 from .latent_gradient import Denoiser, energy_gradient
 from .region_energies import EnergyWeights, RegionTarget, region_energy
+from .regions import check_aspect
+from .schedule import in_window, step_fraction
 from .start_transplant import latent_box, transplant
-
-
-def step_fraction(sigma: torch.Tensor, sample_sigmas: torch.Tensor | None) -> float | None:
-    """Where ``sigma`` lies in the sampling schedule: 0 at the first step, 1 at the last (None if
-    the schedule is unknown)."""
-    if sample_sigmas is None or len(sample_sigmas) < 2:
-        return None
-    s = float(sigma.reshape(-1)[0])
-    index = int((sample_sigmas.float().cpu() - s).abs().argmin())
-    return index / (len(sample_sigmas) - 1)
 
 
 @dataclass(frozen=True, eq=False)
@@ -82,9 +74,7 @@ class BackwardGuidance:
 
     def active(self, fraction: float | None) -> bool:
         """Whether a step at ``fraction`` of the schedule (``step_fraction``) is guided."""
-        if fraction is None:  # outside a sampler's schedule (a probe): always guide
-            return True
-        return self.start_at <= fraction < self.end_at
+        return in_window(fraction, self.start_at, self.end_at)
 
     def energy(self, store: AttentionStore, denoised: torch.Tensor | None) -> torch.Tensor:
         return region_energy(store.maps(), self.targets, self.weights, self.text_tokens)
@@ -106,6 +96,8 @@ class BackwardGuidance:
         fraction = step_fraction(sigma, sample_sigmas)
         if not self.active(fraction):
             return None
+        for target in self.targets:
+            check_aspect(target.phrase, target.mask, tuple(x.shape[-2:]))
         move_start = fraction == 0 and start_is_noise and bool(self.start_regions)
         if alternatives is None or len(alternatives) == 0:
             x, sigma = x.float(), sigma.reshape(-1)

@@ -12,6 +12,10 @@ own. Three families, combinable with weights:
 - ``presence``: Chefer et al., "Attend-and-Excite" (SIGGRAPH 2023): text-token maps re-softmaxed
   at temperature 100, Gaussian-smoothed; ``1 - max`` of each token's map, restricted to its
   region, and the worst token counts.
+- ``extent``: BoxDiff's corner constraint on its own: the max-projections of each token's
+  max-normalised map on both axes match the region's, so the phrase spans its region's width and
+  height, not only lies inside it (the layout energy is as low for a small object centred in a
+  large region as for one that fills it).
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ from .regions import resize_mask
 
 @dataclass(frozen=True, eq=False)
 class RegionTarget:
-    """Where the conditioning tokens ``tokens`` should attend: ``mask`` ``[H, W]`` (any resolution)."""
+    """Where the conditioning tokens ``tokens`` should attend: ``mask`` ``[H, W]`` (any resolution);
+    ``phrase`` names the region in errors."""
 
     tokens: tuple[int, ...]
     mask: torch.Tensor
     weight: float = 1.0
+    phrase: str = ""
 
 
 def _token_maps(maps: torch.Tensor, target: RegionTarget) -> tuple[torch.Tensor, torch.Tensor]:
@@ -59,19 +65,41 @@ def _top_mean(values: torch.Tensor, where: torch.Tensor, fraction: float) -> tor
     return values[..., where].topk(k, dim=-1).values.mean(-1)
 
 
+def _projection_distance(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """L1 distance between the max-projections of max-normalised maps ``a [batch, k, h, w]`` and of
+    the mask ``m [h, w]`` on both axes: BoxDiff's corner constraint, which holds when the map spans
+    the mask's rows and columns and no others, i.e. has the region's extent (a triangle's map spans
+    its box as a square's does)."""
+    return (a.amax(-2) - m.amax(-2)).abs().mean(-1) + (a.amax(-1) - m.amax(-1)).abs().mean(-1)
+
+
+def _max_normalised(a: torch.Tensor) -> torch.Tensor:
+    return a / a.amax((-1, -2), keepdim=True).clamp_min(1e-8)
+
+
 def boxdiff_energy(
     maps: torch.Tensor, targets: Sequence[RegionTarget], top_fraction: float = 0.2
 ) -> torch.Tensor:
     total = maps.new_zeros(maps.shape[0])
     for target in targets:
         a, m = _token_maps(maps, target)
-        a = a / a.amax((-1, -2), keepdim=True).clamp_min(1e-8)
+        a = _max_normalised(a)
         flat = a.flatten(-2)
         inside = m.flatten() >= 0.5
         inner = 1 - _top_mean(flat, inside, top_fraction)
         outer = _top_mean(flat, ~inside, top_fraction)
-        corner = (a.amax(-2) - m.amax(-2)).abs().mean(-1) + (a.amax(-1) - m.amax(-1)).abs().mean(-1)
-        total = total + target.weight * (inner + outer + corner).mean(1)
+        total = total + target.weight * (inner + outer + _projection_distance(a, m)).mean(1)
+    return total
+
+
+def extent_energy(maps: torch.Tensor, targets: Sequence[RegionTarget]) -> torch.Tensor:
+    """Per region, mean over its tokens of the projection distance (``_projection_distance``): low when
+    each token's map spans exactly its region's rows and columns, so it asks for the region's size
+    whatever the prompt says (or does not say) of it."""
+    total = maps.new_zeros(maps.shape[0])
+    for target in targets:
+        a, m = _token_maps(maps, target)
+        total = total + target.weight * _projection_distance(_max_normalised(a), m).mean(1)
     return total
 
 
@@ -111,11 +139,12 @@ class EnergyWeights:
     layout: float = 1.0
     boxdiff: float = 0.0
     presence: float = 0.0
+    extent: float = 0.0
 
     def __post_init__(self):
-        if min(self.layout, self.boxdiff, self.presence) < 0:
+        if min(self.layout, self.boxdiff, self.presence, self.extent) < 0:
             raise ValueError("energy weights must be >= 0")
-        if self.layout == self.boxdiff == self.presence == 0:
+        if self.layout == self.boxdiff == self.presence == self.extent == 0:
             raise ValueError("at least one energy weight must be > 0")
 
 
@@ -133,4 +162,6 @@ def region_energy(
         total = total + weights.boxdiff * boxdiff_energy(maps, targets)
     if weights.presence:
         total = total + weights.presence * presence_energy(maps, targets, text_tokens)
+    if weights.extent:
+        total = total + weights.extent * extent_energy(maps, targets)
     return total

@@ -7,10 +7,13 @@ proposal) emit them; nodes that place things (backward guidance, the guided samp
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .errors import RegionShapeError
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 as fractions of the width and height
 
@@ -68,6 +71,27 @@ def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     lead = mask.shape[:-2]
     flat = mask.float().reshape(-1, 1, *mask.shape[-2:])
     return F.interpolate(flat, size=tuple(size), mode="area").reshape(*lead, *size)
+
+
+def covers_whole_image(mask: torch.Tensor) -> bool:
+    """Whether every pixel is at least half inside: such a region places nothing."""
+    return bool(mask.min() >= 0.5)
+
+
+def check_aspect(
+    phrase: str, mask: torch.Tensor, latent_hw: tuple[int, int], tolerance: float = 0.05
+) -> None:
+    """Raise RegionShapeError if ``mask`` ``[H, W]`` has another aspect ratio than a latent of
+    ``latent_hw`` (beyond ``tolerance`` in log ratio, for latent sizes rounded from the image's):
+    resized to the latent, such a mask would be squashed and point elsewhere than the user drew."""
+    h, w = mask.shape[-2:]
+    lh, lw = latent_hw
+    if abs(math.log((w / h) / (lw / lh))) > tolerance:
+        raise RegionShapeError(
+            f"region {phrase!r} has a {w}x{h} mask (aspect {w / h:.2f}) but the latent being sampled is "
+            f"{lw}x{lh} (aspect {lw / lh:.2f}); make the region with the image's width and height "
+            "(Region from Box: image_width / image_height; Region from Mask: a mask of the image's size)"
+        )
 
 
 def scale_mask(mask: torch.Tensor, factor: float) -> torch.Tensor:

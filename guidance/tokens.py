@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .errors import PhraseNotFoundError
+from .errors import PhraseNotFoundError, RepeatedPhraseError
 
 
-def find_token_positions(prompt_chunks: Sequence[Sequence[int]], phrase_ids: Sequence[int]) -> list[int]:
-    """Indices in the flattened conditioning of the first occurrence of ``phrase_ids``.
+def find_token_positions(
+    prompt_chunks: Sequence[Sequence[int]], phrase_ids: Sequence[int], first_of_several: bool = False
+) -> list[int]:
+    """Indices in the flattened conditioning of the occurrence of ``phrase_ids``.
 
     ``prompt_chunks`` are the prompt's token ids per 77-token chunk, start and end tokens
     included, exactly as the text encoder sees them; the returned indices count across chunks.
     Raises PhraseNotFoundError if the phrase does not occur (a phrase split across two chunks
-    is still found).
+    is still found), and RepeatedPhraseError if it occurs more than once, unless
+    ``first_of_several`` asks for the first occurrence.
     """
     phrase_ids = list(phrase_ids)
     if not phrase_ids:
@@ -25,7 +28,11 @@ def find_token_positions(prompt_chunks: Sequence[Sequence[int]], phrase_ids: Seq
         flat.extend(chunk)
         offsets.extend(c * chunk_len + i for i in range(len(chunk)))
     n = len(phrase_ids)
-    for start in range(len(flat) - n + 1):
-        if flat[start : start + n] == phrase_ids:
-            return offsets[start : start + n]
-    raise PhraseNotFoundError("the phrase's tokens do not occur in the prompt")
+    starts = [start for start in range(len(flat) - n + 1) if flat[start : start + n] == phrase_ids]
+    if not starts:
+        raise PhraseNotFoundError("the phrase's tokens do not occur in the prompt")
+    if len(starts) > 1 and not first_of_several:
+        raise RepeatedPhraseError(
+            f"the phrase occurs {len(starts)} times in the prompt, so it does not say which object it is"
+        )
+    return offsets[starts[0] : starts[0] + n]

@@ -4,6 +4,7 @@ from comfy_api.latest import ComfyExtension, io
 from typing_extensions import override
 
 from .attention_maps import CrossAttentionMaps
+from .attention_masking import RegionAttentionMasking
 from .demo_model import ShapeWorldDemoModel
 from .guided_sampler import RegionGuidedKSampler, RegionGuider
 from .region_guidance import RegionBackwardGuidance
@@ -15,6 +16,7 @@ NODES: list[type[io.ComfyNode]] = [
     RegionFromBox,
     RegionFromMask,
     RegionBackwardGuidance,
+    RegionAttentionMasking,
     RegionGuider,
     RegionGuidedKSampler,
 ]

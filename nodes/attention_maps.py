@@ -97,7 +97,7 @@ class CrossAttentionMaps(io.ComfyNode):
             blame_input(NODE, "clip", UnknownTokenizerError),
             blame_input(NODE, "phrases", PhraseNotFoundError),
         ):
-            positions = locate_phrases(clip, prompt, phrase_list)
+            positions = locate_phrases(clip, prompt, phrase_list, first_of_several=True)
 
         samples = latent["samples"]
         conditioning = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))

@@ -65,7 +65,12 @@ class RegionGuider(io.ComfyNode):
             description="A GUIDER for SamplerCustomAdvanced that puts each region's phrase in its region: "
             "backward guidance on the latent plus per-region classifier-free guidance.",
             inputs=_inputs(),
-            outputs=[io.Guider.Output(display_name="guider")],
+            outputs=[
+                io.Guider.Output(
+                    display_name="guider",
+                    tooltip="To SamplerCustomAdvanced (with noise, sampler and sigmas).",
+                )
+            ],
         )
 
     @classmethod
@@ -117,7 +122,7 @@ class RegionGuidedKSampler(io.ComfyNode):
                     tooltip="How much of the latent to replace: 1.0 for text-to-image.",
                 ),
             ],
-            outputs=[io.Latent.Output(display_name="latent")],
+            outputs=[io.Latent.Output(display_name="latent", tooltip="The denoised latent; to VAE Decode.")],
         )
 
     @classmethod

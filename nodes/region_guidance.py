@@ -9,6 +9,7 @@ prompt, so the phrases it guides are exactly the tokens the sampler sees.
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
 from ..guidance.attention_store import LAYER_PRESETS, select_layers
@@ -22,7 +23,7 @@ from ..guidance.backends.comfy import (
 from ..guidance.backward_guidance import BackwardGuidance
 from ..guidance.errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
 from ..guidance.region_energies import EnergyWeights, RegionTarget
-from ..guidance.regions import scale_mask
+from ..guidance.regions import covers_whole_image, scale_mask
 from .errors import blame_input
 from .types import Regions
 
@@ -44,6 +45,11 @@ def placement_inputs(clip_tooltip: str) -> list:
     ]
 
 
+def fraction_input(name: str, default: float, tooltip: str):
+    """A FLOAT input in [0, 1]: a fraction of the sampling steps."""
+    return io.Float.Input(name, default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
+
+
 def guidance_inputs() -> list:
     """The guidance settings, shared with the guided sampler nodes."""
 
@@ -60,22 +66,12 @@ def guidance_inputs() -> list:
             tooltip="How far each gradient step moves the latent, in units of the current noise level "
             "(RMS over the latent). 0 turns guidance off.",
         ),
-        io.Float.Input(
-            "start_at",
-            default=0.0,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="First sampling step to guide, as a fraction of the steps.",
-        ),
-        io.Float.Input(
+        fraction_input("start_at", 0.0, "First sampling step to guide, as a fraction of the steps."),
+        fraction_input(
             "end_at",
-            default=0.1,
-            min=0.0,
-            max=1.0,
-            step=0.01,
-            tooltip="Guide the steps before this fraction of the steps; the layout is decided in the "
-            "first steps, so later ones are left alone (and cost nothing extra).",
+            0.1,
+            "Guide the steps before this fraction of the steps; the layout is decided in the first steps, "
+            "so later ones are left alone (and cost nothing extra).",
         ),
         io.Int.Input(
             "iterations",
@@ -134,14 +130,18 @@ def guidance_inputs() -> list:
         weight("layout_weight", 1.0, "Layout-guidance energy: share of each phrase's attention outside it."),
         weight("boxdiff_weight", 0.0, "BoxDiff energy: strong inside, weak outside, edges at the box."),
         weight("presence_weight", 0.0, "Attend-and-Excite energy: each phrase's strongest response, inside."),
+        weight(
+            "extent_weight",
+            0.0,
+            "Extent energy (BoxDiff's corner constraint): each phrase's attention spans its region's width "
+            "and height, so the object takes the region's size whatever the prompt says of its size.",
+        ),
     ]
 
 
-def make_guidance(
-    node: str, model, clip, regions, prompt: str, strength, start_at, end_at, iterations, threshold,
-    target_scale, candidates, move_start, layers, layout_weight, boxdiff_weight, presence_weight,
-):  # fmt: skip
-    """Validate the inputs and return the guided MODEL clone (the MODEL itself if strength is 0)."""
+def region_token_positions(node: str, clip, regions, prompt: str) -> dict[str, list[int]]:
+    """Each region's phrase -> its token indices in the prompt's conditioning, after checking that
+    there are regions, that their phrases differ and that each occurs exactly once in the prompt."""
     if not regions:
         with blame_input(node, "regions", ValueError):
             raise ValueError("no region connected: build regions with Region from Box or Region from Mask")
@@ -153,20 +153,49 @@ def make_guidance(
                 f"several regions have the phrase {repeated[0]!r}; a phrase names one thing in the prompt, "
                 "so give each region its own words (e.g. 'large red circle', 'small red circle')"
             )
+    with blame_input(node, "clip", UnknownTokenizerError), blame_input(node, "regions", PhraseNotFoundError):
+        return locate_phrases(clip, prompt, phrases)
+
+
+def check_prompt_prefix(node: str, own, positive) -> None:
+    """A ``positive`` passed through must begin with the prompt's own encoding: the guided token
+    indices point into it."""
+    ours, theirs = own[0][0], positive[0][0]
+    if theirs.shape[1] < ours.shape[1] or not torch.allclose(
+        theirs[:, : ours.shape[1]].cpu(), ours.cpu(), atol=1e-4
+    ):
+        with blame_input(node, "positive", ValueError):
+            raise ValueError(
+                "does not begin with this node's prompt: connect the positive of a node that encoded the "
+                "same prompt (Region Attention Masking), or leave it unconnected"
+            )
+
+
+def make_guidance(
+    node: str, model, clip, regions, prompt: str, strength, start_at, end_at, iterations, threshold,
+    target_scale, candidates, move_start, layers, layout_weight, boxdiff_weight, presence_weight,
+    extent_weight,
+):  # fmt: skip
+    """Validate the inputs and return the guided MODEL clone (the MODEL itself if strength is 0)."""
+    positions = region_token_positions(node, clip, regions, prompt)
     with blame_input(node, "model", UnsupportedModelError):
         all_layers = cross_attention_layers(model)
     with blame_input(node, "layers", ValueError):
         chosen = select_layers(all_layers, layers)
-    with blame_input(node, "clip", UnknownTokenizerError), blame_input(node, "regions", PhraseNotFoundError):
-        positions = locate_phrases(clip, prompt, phrases)
+    with blame_input(node, "clip", UnknownTokenizerError):
         text_tokens = prompt_text_tokens(clip, prompt)
     with blame_input(node, "layout_weight", ValueError):
-        weights = EnergyWeights(layout_weight, boxdiff_weight, presence_weight)
+        weights = EnergyWeights(layout_weight, boxdiff_weight, presence_weight, extent_weight)
+    # A region that covers the whole image says nothing of where its phrase goes: it stays free.
+    placed = [r for r in regions if not covers_whole_image(r.mask)]
     with blame_input(node, "target_scale", ValueError):
-        masks = [scale_mask(r.mask, target_scale) for r in regions]
+        masks = [scale_mask(r.mask, target_scale) for r in placed]
     targets = tuple(
-        RegionTarget(tuple(positions[r.phrase]), m, r.weight) for r, m in zip(regions, masks, strict=True)
+        RegionTarget(tuple(positions[r.phrase]), m, r.weight, r.phrase)
+        for r, m in zip(placed, masks, strict=True)
     )
+    if not targets:
+        return model
     start_layers = []
     if move_start:  # on the demo model the encoder's maps placed the start best (docs, fourth round)
         with blame_input(node, "move_start", ValueError):
@@ -175,7 +204,7 @@ def make_guidance(
         guide = BackwardGuidance(
             targets, tuple(chosen), weights, tuple(text_tokens),
             strength, start_at, end_at, iterations, threshold,
-            start_regions=tuple(r.mask for r in regions) if move_start else (),
+            start_regions=tuple(r.mask for r in placed) if move_start else (),
             start_layers=tuple(start_layers),
         )  # fmt: skip
     if candidates > 1 and start_at > 0:
@@ -187,7 +216,7 @@ def make_guidance(
     if strength == 0:
         return model
     captured = list(dict.fromkeys([*chosen, *start_layers]))
-    return with_latent_guidance(install_attention_capture(model, captured), guide, candidates)
+    return with_latent_guidance(install_attention_capture(model, captured), guide, candidates, owner=node)
 
 
 class RegionBackwardGuidance(io.ComfyNode):
@@ -203,6 +232,12 @@ class RegionBackwardGuidance(io.ComfyNode):
             inputs=[
                 *placement_inputs("The CLIP of the same checkpoint: encodes the prompt."),
                 *guidance_inputs(),
+                io.Conditioning.Input(
+                    "positive",
+                    optional=True,
+                    tooltip="Pass this conditioning on instead of encoding the prompt: Region Attention "
+                    "Masking's positive when its MODEL comes in (it begins with the same prompt's tokens).",
+                ),
             ],
             outputs=[
                 io.Model.Output(display_name="model", tooltip="The model with guidance; to KSampler."),
@@ -211,7 +246,9 @@ class RegionBackwardGuidance(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, clip, regions, prompt, **settings) -> io.NodeOutput:
+    def execute(cls, model, clip, regions, prompt, positive=None, **settings) -> io.NodeOutput:
         guided = make_guidance(NODE, model, clip, regions, prompt, **settings)
-        positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
-        return io.NodeOutput(guided, positive)
+        own = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+        if positive is not None:
+            check_prompt_prefix(NODE, own, positive)
+        return io.NodeOutput(guided, own if positive is None else positive)

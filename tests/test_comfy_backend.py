@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from spatial_control.guidance.attention_store import AttentionStore, select_layers
-from spatial_control.guidance.errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
+from spatial_control.guidance.errors import (
+    PhraseNotFoundError,
+    RepeatedPhraseError,
+    UnknownTokenizerError,
+    UnsupportedModelError,
+)
 from spatial_control.guidance.latent_gradient import energy_gradient, gradients_enabled
 
 pytestmark = pytest.mark.comfyui
@@ -34,6 +39,10 @@ def test_phrases_are_located_through_the_clip_tokenizer(sd15):
     assert positions["square"] == [11]
     with pytest.raises(PhraseNotFoundError, match="'green triangle' is not in the prompt"):
         locate_phrases(clip, prompt, ["green triangle"])
+    twice = "a red circle and a red circle"
+    with pytest.raises(RepeatedPhraseError, match="'red circle': the phrase occurs 2 times"):
+        locate_phrases(clip, twice, ["red circle"])
+    assert locate_phrases(clip, twice, ["red circle"], first_of_several=True)["red circle"] == [2, 3]
 
 
 def test_latent_gradient_through_a_stock_loaded_model_in_inference_mode(sd15):
@@ -69,7 +78,7 @@ def test_latent_gradient_through_a_stock_loaded_model_in_inference_mode(sd15):
 
 def test_capture_wraps_an_existing_attn2_patch_and_keeps_its_output(sd15):
     from spatial_control.guidance.backends.comfy import (
-        CaptureCrossAttention,
+        RegionCrossAttention,
         cross_attention_layers,
         install_attention_capture,
         loaded_denoiser,
@@ -87,11 +96,11 @@ def test_capture_wraps_an_existing_attn2_patch_and_keeps_its_output(sd15):
     layers = cross_attention_layers(other)
     patched = install_attention_capture(other, layers)
     slot = patched.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)]
-    assert isinstance(slot, CaptureCrossAttention) and slot.inner is zero_attention
+    assert isinstance(slot, RegionCrossAttention) and slot.inner is zero_attention
     # installing twice does not stack a second capture (clone() deep-copies the patch object)
     again = install_attention_capture(patched, layers)
     again_slot = again.model_options["transformer_options"]["patches_replace"]["attn2"][("middle", 0, 0)]
-    assert isinstance(again_slot, CaptureCrossAttention) and again_slot.inner is zero_attention
+    assert isinstance(again_slot, RegionCrossAttention) and again_slot.inner is zero_attention
     x = torch.randn(1, 4, 8, 8)
     with torch.inference_mode():
         positive = _encode(clip, "a red circle")
@@ -137,3 +146,46 @@ def test_clear_errors_for_unusable_models_and_tokenizers(sd15):
 
     with pytest.raises(UnknownTokenizerError, match="no CLIP-BPE tokenizer"):
         locate_phrases(T5Like(), "a red circle", ["red circle"])
+
+
+def test_attention_masking_patch_keeps_capture_and_refuses_foreign_patches(sd15):
+    from spatial_control.guidance.attention_masking import RegionAttentionMask
+    from spatial_control.guidance.backends.comfy import (
+        RegionCrossAttention,
+        cross_attention_layers,
+        install_attention_capture,
+        install_attention_masking,
+        loaded_denoiser,
+    )
+    from spatial_control.guidance.errors import UnsupportedModelError
+    from spatial_control.guidance.region_energies import RegionTarget
+    from spatial_control.guidance.regions import box_mask
+
+    model, clip, _ = sd15
+    layers = cross_attention_layers(model)
+    masking = RegionAttentionMask((RegionTarget((2, 3), box_mask((0.0, 0.0, 0.5, 1.0), 64, 64)),))
+    captured = install_attention_capture(model, layers)
+    masked = install_attention_masking(captured, layers, masking)
+    slots = masked.model_options["transformer_options"]["patches_replace"]["attn2"]
+    assert all(isinstance(p, RegionCrossAttention) and p.masking is not None for p in slots.values())
+    # masking first, capture second: the capture keeps the masking (one patch per slot)
+    both = install_attention_capture(install_attention_masking(model, layers, masking), layers)
+    assert all(
+        p.masking is not None
+        for p in both.model_options["transformer_options"]["patches_replace"]["attn2"].values()
+    )
+    x = torch.randn(1, 4, 8, 8)
+    with torch.inference_mode():
+        positive = _encode(clip, "a red circle and a blue square")
+        outs, maps = [], []
+        for patched in (captured, masked):
+            with loaded_denoiser(patched, positive, x.shape) as (denoiser, cond), gradients_enabled():
+                store = AttentionStore(layers)
+                outs.append(denoiser.denoise(x, torch.tensor([2.0]), cond, store))
+                maps.append(store.maps_by_layer[store.layers[0]])
+    assert not torch.allclose(outs[0], outs[1], atol=1e-4)  # masking changed the prediction
+    assert torch.allclose(maps[0], maps[1], atol=1e-5)  # and the store still saw the unmasked maps
+    foreign = model.clone()
+    foreign.set_model_attn2_replace(lambda q, k, v, extra: q, "middle", 0)
+    with pytest.raises(UnsupportedModelError, match="middle_0.0 already has another node's attention patch"):
+        install_attention_masking(foreign, layers, masking)

@@ -60,6 +60,7 @@ def _graph(guided: bool = True, batch: int = 1, phrase: str = "red circle", **gu
                 "layout_weight": 1.0,
                 "boxdiff_weight": 0.5,
                 "presence_weight": 0.5,
+                "extent_weight": 0.0,
                 **guidance,
             },
         },  # fmt: skip
@@ -165,7 +166,7 @@ def test_guidance_composes_with_an_existing_attn2_patch(comfy, sd15):
     regions = RegionFromBox.execute(0.0, 0.0, 0.5, 0.5, 64, 64, "red circle", 1.0).result[0]
     settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, target_scale=1.0,
                     candidates=1, move_start=False, layers="all", layout_weight=1.0, boxdiff_weight=0.0,
-                    presence_weight=0.0)  # fmt: skip
+                    presence_weight=0.0, extent_weight=0.0)  # fmt: skip
     nodes = comfy.node_classes
 
     def sample(m, positive):
@@ -192,7 +193,7 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
                    "steps": 4, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                    "strength": 0.0, "start_at": 0.0, "end_at": 0.3, "iterations": 1, "threshold": 0.2,
                    "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse",
-                   "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0},
+                   "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0, "extent_weight": 0.0},
     }  # fmt: skip
     _preview(graph, "9")
     comfy.run(graph)
@@ -213,7 +214,7 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
                        "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
                        "end_at": 0.5, "iterations": 1, "threshold": 0.0, "target_scale": 0.8,
                        "candidates": 2, "move_start": True, "layers": "coarse", "layout_weight": 1.0,
-                       "boxdiff_weight": 0.0, "presence_weight": 0.0},
+                       "boxdiff_weight": 0.0, "presence_weight": 0.0, "extent_weight": 0.0},
         },
         "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
         "12": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
@@ -265,3 +266,100 @@ def test_region_from_mask_rejects_a_mask_batch(comfy):
     soft[0, 2:4, 2:6] = 0.5
     regions = RegionFromMask.execute(soft, "red circle", 1.0).result[0]
     assert regions[0].box == (0.25, 0.25, 0.75, 0.5) and regions[0].mask.max() == 0.5
+
+
+def _masked_graph(guided: bool = False, **masking) -> dict:
+    graph = _graph()
+    graph["20"] = {
+        "class_type": "RegionAttentionMasking",
+        "inputs": {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
+                   "start_at": 0.0, "end_at": 0.5, "layers": "all", "region_prompts": False, **masking},
+    }  # fmt: skip
+    if guided:  # masking's MODEL and positive into backward guidance
+        graph["5"]["inputs"].update(model=["20", 0], positive=["20", 1])
+    else:
+        graph["8"]["inputs"].update(model=["20", 0], positive=["20", 1])
+    return graph
+
+
+def test_attention_masking_node_masks_in_its_steps_and_chains_into_guidance(comfy):
+    plain = _samples(comfy, _graph(guided=False), fresh=True)
+    masked = _samples(comfy, _masked_graph())
+    assert (masked - plain).abs().max() > 1e-3
+    assert torch.equal(_samples(comfy, _masked_graph(), fresh=True), masked)  # deterministic
+    assert torch.equal(_samples(comfy, _graph(guided=False)), plain)  # the source MODEL is untouched
+    assert torch.equal(_samples(comfy, _masked_graph(end_at=0.0)), plain)  # no step in its window
+    guided = _samples(comfy, _graph())
+    both = _samples(comfy, _masked_graph(guided=True))
+    assert (both - guided).abs().max() > 1e-3 and (both - masked).abs().max() > 1e-3
+
+
+def test_a_region_covering_the_whole_image_leaves_its_phrase_free(comfy):
+    whole = _graph(extent_weight=1.0)
+    whole["3"]["inputs"].update(width=1.0, height=1.0)
+    alone = {**whole, "5": {**whole["5"], "inputs": {**whole["5"]["inputs"], "regions": ["3", 0]}}}
+    assert torch.equal(_samples(comfy, alone), _samples(comfy, _graph(guided=False)))  # nothing to place
+    only_the_square = _graph(extent_weight=1.0)
+    only_the_square["4"]["inputs"].pop("regions")
+    only_the_square["5"]["inputs"]["regions"] = ["4", 0]
+    assert torch.equal(_samples(comfy, whole), _samples(comfy, only_the_square))
+
+
+@pytest.mark.parametrize("masking", [False, True])
+def test_a_region_of_another_aspect_than_the_latent_is_refused(comfy, masking):
+    graph = _masked_graph() if masking else _graph()
+    graph["3"]["inputs"].update(image_width=128, image_height=64)
+    node = "RegionAttentionMasking" if masking else "RegionBackwardGuidance"
+    with pytest.raises(GraphError) as err:
+        comfy.run(graph)
+    assert f"{node}: input 'regions': region 'red circle' has a 128x64 mask (aspect 2.00)" in str(err.value)
+    assert "latent being sampled is 8x8" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "graph, message",
+    [
+        (_graph, "RegionBackwardGuidance: input 'regions': phrase 'red circle': the phrase occurs 2"),
+        (_masked_graph, "RegionAttentionMasking: input 'regions': phrase 'red circle': the phrase"),
+    ],
+)  # fmt: skip
+def test_a_phrase_repeated_in_the_prompt_is_refused(comfy, graph, message):
+    graph = graph()
+    for node in graph.values():
+        if node["inputs"].get("prompt") == PROMPT:
+            node["inputs"]["prompt"] = "a red circle, a blue square and a red circle"
+    with pytest.raises(GraphError) as err:
+        comfy.run(graph)
+    assert message in str(err.value)
+
+
+def test_an_empty_box_names_its_node_and_input(comfy):
+    graph = _graph()
+    graph["3"]["inputs"]["width"] = 0.0
+    with pytest.raises(GraphError) as err:
+        comfy.run(graph)
+    assert "RegionFromBox: input 'width':" in str(err.value)
+
+
+def test_region_prompts_append_each_phrase_and_need_their_own_conditioning(comfy):
+    tokens_only = _samples(comfy, _masked_graph())
+    couple = _samples(comfy, _masked_graph(region_prompts=True))
+    assert (couple - tokens_only).abs().max() > 1e-3
+    guided = _samples(comfy, _masked_graph(guided=True, region_prompts=True))  # through guidance's positive
+    assert torch.isfinite(guided).all()
+    _, positive = comfy.node_output("20")
+    assert positive[0][0].shape[1] == 3 * 77  # the prompt, then "red circle" and "blue square" on their own
+    wrong = _masked_graph(region_prompts=True)
+    wrong["8"]["inputs"]["positive"] = ["7", 0]  # the prompt alone: the phrases' chunks are missing
+    with pytest.raises(GraphError) as err:
+        comfy.run(wrong)
+    assert "RegionAttentionMasking: input 'positive': the conditioning being sampled has 77 tokens" in str(
+        err.value
+    )
+    other = _masked_graph(guided=True)
+    other["5"]["inputs"]["positive"] = ["6", 0]  # the empty prompt's encoding
+    with pytest.raises(GraphError) as err:
+        comfy.run(other)
+    assert "RegionBackwardGuidance: input 'positive': does not begin with this node's prompt" in str(
+        err.value
+    )

@@ -5,17 +5,19 @@ import torch
 
 from spatial_control.guidance.attention_store import CrossAttentionLayer
 from spatial_control.guidance.backends.diffusers import DiffusersDenoiser
-from spatial_control.guidance.backward_guidance import BackwardGuidance, step_fraction
+from spatial_control.guidance.backward_guidance import BackwardGuidance
 from spatial_control.guidance.region_energies import (
     EnergyWeights,
     RegionTarget,
     boxdiff_energy,
+    extent_energy,
     layout_energy,
     presence_energy,
     region_energy,
 )
 from spatial_control.guidance.regional_cfg import region_guidance_term
 from spatial_control.guidance.regions import Region, box_mask, mask_box, resize_mask, scale_mask
+from spatial_control.guidance.schedule import step_fraction
 from tests.tiny_models import tiny_unet
 
 
@@ -285,3 +287,58 @@ def test_the_start_is_placed_by_the_start_layers_attention(denoiser):
         moves[start_layers] = guide.moved_start(recording, x, torch.tensor([5.0]), cond)
         assert recording.recorded == [set(start_layers or layers)]
     assert not torch.equal(moves[encoder], moves[()])
+
+
+def _blob(size: int, centre: int = 8, grid: int = 16) -> torch.Tensor:
+    """Maps [1, 3 tokens, grid, grid]: token 1 a uniform square of ``size`` cells about ``centre``."""
+    maps = torch.full((1, 3, grid, grid), 1e-5)
+    maps[:, 0] = 1.0  # a start token that takes the rest
+    lo = centre - size // 2
+    maps[:, 1, lo : lo + size, lo : lo + size] = 1.0
+    return maps / maps.sum(1, keepdim=True)
+
+
+def test_extent_energy_asks_for_the_regions_size_where_the_layout_energy_is_blind_to_it():
+    region = RegionTarget((1,), box_mask((0.25, 0.25, 0.75, 0.75), 16, 16))  # 8x8 cells about the centre
+    small, fitting, large = _blob(4), _blob(8), _blob(12)
+    assert layout_energy(small, [region]) < 1e-3 and layout_energy(fitting, [region]) < 1e-3  # both inside
+    extent = [extent_energy(m, [region]).item() for m in (small, fitting, large)]
+    assert extent[1] < 1e-3 < extent[0] and extent[1] < extent[2]
+    weights = EnergyWeights(layout=1.0, extent=0.5)
+    assert torch.allclose(
+        region_energy(small, [region], weights),
+        layout_energy(small, [region]) + 0.5 * extent_energy(small, [region]),
+    )
+
+
+def _attention_extent(denoiser, guide, x, sigma, cond) -> float:
+    """Extent (cells) of the guided tokens' layer-averaged attention: the square root of the product
+    of its max-projections' widths."""
+    from spatial_control.guidance.attention_store import AttentionStore
+
+    store = AttentionStore(guide.layers)
+    with torch.no_grad():
+        denoiser.denoise(x, sigma, cond, store)
+    a = store.maps()[0, list(guide.targets[0].tokens)].mean(0)
+    a = a / a.max()
+    return float((a.amax(0).sum() * a.amax(1).sum()).sqrt())
+
+
+def test_with_the_extent_energy_attention_grows_towards_a_larger_region(denoiser):
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 16, 16, generator=gen) * 5
+    cond = torch.randn(1, 77, 32, generator=gen)
+    sigma = torch.tensor([5.0])
+    layers = tuple(denoiser.layers)
+    extents = {}
+    for name, box in (("small", (0.375, 0.375, 0.625, 0.625)), ("large", (0.125, 0.125, 0.875, 0.875))):
+        for weights in (EnergyWeights(layout=1.0), EnergyWeights(layout=1.0, extent=1.0)):
+            guide = BackwardGuidance(
+                (RegionTarget((1, 2), box_mask(box, 16, 16)),), layers, weights, strength=0.1, iterations=10,
+                threshold=0,
+            )  # fmt: skip
+            extents[name, weights.extent] = _attention_extent(
+                denoiser, guide, guide(denoiser, x, sigma, cond), sigma, cond
+            )
+    assert extents["large", 1.0] > extents["large", 0.0]  # the extent term grows what layout alone does not
+    assert extents["large", 1.0] > extents["small", 1.0] + 2  # and the extent follows the region's

@@ -18,36 +18,80 @@ import comfy.samplers
 import torch
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, UNetModel, Upsample
 
-from ..attention_store import AttentionStore, CrossAttentionLayer, attend, attention_probabilities
-from ..errors import PhraseNotFoundError, UnknownTokenizerError, UnsupportedModelError
+from ..attention_masking import RegionAttentionMask
+from ..attention_store import COND, AttentionStore, CrossAttentionLayer, attend, attention_probabilities
+from ..errors import (
+    PhraseNotFoundError,
+    RegionShapeError,
+    RepeatedPhraseError,
+    ShortConditioningError,
+    UnknownTokenizerError,
+    UnsupportedModelError,
+    blame_input,
+)
+from ..schedule import step_fraction
 from ..tokens import find_token_positions
 
 STORE_KEY = "spatial_control_attention_store"
 
 
-class CaptureCrossAttention:
-    """An attn2 replace patch that records per-token maps into the call's AttentionStore."""
+class RegionCrossAttention:
+    """The pack's attn2 replace patch: records per-token maps into the call's AttentionStore and,
+    with a ``masking``, masks the attention towards region tokens outside their regions in its
+    steps (``RegionAttentionMask``). The store sees the unmasked maps: an energy reads where the
+    model would put a phrase, the image is made from the masked attention.
 
-    def __init__(self, patch_key: tuple[str, int, int], inner=None):
+    ``inner`` is the patch that held the slot before (IPAdapter, attention couple, ...): it computes
+    the output whenever no masking is active. Masking computes the attention itself, so it is never
+    installed over a foreign patch (``install_attention_masking`` refuses).
+    """
+
+    def __init__(
+        self,
+        patch_key: tuple[str, int, int],
+        inner=None,
+        masking: RegionAttentionMask | None = None,
+        owner: str = "RegionAttentionMasking",
+    ):
         self.patch_key = patch_key
         self.inner = inner
+        self.masking = masking
+        self.owner = owner  # the node that asked for the masking, named in errors
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         store: AttentionStore | None = extra_options.get(STORE_KEY)
-        if store is None or not store.wants(self.patch_key):
+        recording = store is not None and store.wants(self.patch_key)
+        bias = self._masking_bias(q, k, extra_options)
+        if not recording and bias is None:
             return self._attention(q, k, v, extra_options)
+        latent_hw = tuple(extra_options["original_shape"][-2:])
         probs = attention_probabilities(q, k, heads)
-        store.record(
-            self.patch_key,
-            probs,
-            heads,
-            latent_hw=tuple(extra_options["original_shape"][-2:]),
-            chunks=extra_options.get("cond_or_uncond"),
-        )
+        if recording:
+            store.record(self.patch_key, probs, heads, latent_hw, chunks=extra_options.get("cond_or_uncond"))
+        if bias is not None:
+            return attend(attention_probabilities(q, k, heads, bias), v, heads).to(q.dtype)
         if self.inner is not None:
             return self.inner(q, k, v, extra_options)
         return attend(probs, v, heads).to(q.dtype)
+
+    def _masking_bias(self, q, k, extra_options) -> torch.Tensor | None:
+        if self.masking is None:
+            return None
+        sigma = extra_options.get("sigmas")
+        fraction = None if sigma is None else step_fraction(sigma, extra_options.get("sample_sigmas"))
+        if not self.masking.active(fraction):
+            return None
+        chunks = extra_options.get("cond_or_uncond") or [COND]
+        if COND not in chunks:  # an unconditional pass (the host ran it apart): nothing to mask
+            return None
+        labels = torch.tensor(chunks).repeat_interleave(q.shape[0] // len(chunks))
+        latent_hw = tuple(extra_options["original_shape"][-2:])
+        with (
+            blame_input(self.owner, "regions", RegionShapeError),
+            blame_input(self.owner, "positive", ShortConditioningError),
+        ):
+            return self.masking.batch_bias(q.shape[1], latent_hw, k.shape[1], labels).to(q.device)
 
     def _attention(self, q, k, v, extra_options):
         if self.inner is not None:
@@ -110,16 +154,50 @@ def cross_attention_layers(model_patcher) -> list[CrossAttentionLayer]:
     return layers
 
 
+def _attn2_slots(model_patcher) -> dict:
+    return (
+        model_patcher.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    )
+
+
 def install_attention_capture(model_patcher, layers: list[CrossAttentionLayer]):
     """Return ``model_patcher.clone()`` with capture patches on ``layers``, wrapping existing patches."""
     m = model_patcher.clone()
-    replace = m.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    replace = _attn2_slots(m)
     for layer in layers:
         key = layer.patch_key
         inner = replace.get(key, replace.get(key[:2]))
-        if isinstance(inner, CaptureCrossAttention):
+        if isinstance(inner, RegionCrossAttention):
             continue
-        m.set_model_attn2_replace(CaptureCrossAttention(key, inner), layer.block, layer.block_id, layer.index)
+        m.set_model_attn2_replace(RegionCrossAttention(key, inner), layer.block, layer.block_id, layer.index)
+    return m
+
+
+def install_attention_masking(
+    model_patcher,
+    layers: list[CrossAttentionLayer],
+    masking: RegionAttentionMask,
+    owner: str = "RegionAttentionMasking",
+):
+    """Return ``model_patcher.clone()`` whose ``layers`` mask region tokens outside their regions.
+
+    A slot that holds the pack's own patch keeps its capture and gains the masking (the latest
+    masking replaces an earlier one); a slot held by another pack's patch is refused, since masking
+    computes the attention itself and would silently drop that patch's effect."""
+    m = model_patcher.clone()
+    replace = _attn2_slots(m)
+    for layer in layers:
+        key = layer.patch_key
+        held = replace.get(key, replace.get(key[:2]))
+        if held is not None and not isinstance(held, RegionCrossAttention):
+            raise UnsupportedModelError(
+                f"cross-attention layer {layer.name} already has another node's attention patch "
+                f"({type(held).__name__}); attention masking computes that attention itself and would drop "
+                "it: connect the MODEL before that node, or turn attention masking off"
+            )
+        inner = held.inner if held is not None else None
+        patch = RegionCrossAttention(key, inner, masking, owner)
+        m.set_model_attn2_replace(patch, layer.block, layer.block_id, layer.index)
     return m
 
 
@@ -181,8 +259,9 @@ class LatentGuidanceWrapper:
     whether the run started from pure noise (``starts_from_noise``). Holds no per-run state.
     """
 
-    def __init__(self, guide):
+    def __init__(self, guide, owner: str = "RegionBackwardGuidance"):
         self.guide = guide
+        self.owner = owner  # the node that set up the guidance, named in errors
 
     def __call__(self, executor, x, timestep, model_options, seed):
         guider = executor.class_obj
@@ -192,15 +271,16 @@ class LatentGuidanceWrapper:
         if positive:
             alternatives = transformer_options.get(START_CANDIDATES_KEY)
             first_step = sample_sigmas is not None and float(timestep.flatten()[0]) == float(sample_sigmas[0])
-            moved = self.guide(
-                ComfyDenoiser(guider.inner_model, model_options),
-                x,
-                timestep,
-                positive,
-                sample_sigmas,
-                alternatives=alternatives if first_step else None,
-                start_is_noise=starts_from_noise(guider, sample_sigmas),
-            )
+            with blame_input(self.owner, "regions", RegionShapeError):
+                moved = self.guide(
+                    ComfyDenoiser(guider.inner_model, model_options),
+                    x,
+                    timestep,
+                    positive,
+                    sample_sigmas,
+                    alternatives=alternatives if first_step else None,
+                    start_is_noise=starts_from_noise(guider, sample_sigmas),
+                )
             if moved is not None:
                 x.copy_(moved.to(x.dtype))
         return executor(x, timestep, model_options, seed)
@@ -240,12 +320,16 @@ class StartCandidatesWrapper:
         return executor(guider, sigmas, extra_args, callback, noise, latent_image, *rest)
 
 
-def with_latent_guidance(model_patcher, guide, start_candidates: int = 1):
+def with_latent_guidance(
+    model_patcher, guide, start_candidates: int = 1, owner: str = "RegionBackwardGuidance"
+):
     """``model_patcher.clone()`` whose sampling runs ``guide`` before every model evaluation, with
-    ``start_candidates - 1`` other starts offered at the first step."""
+    ``start_candidates - 1`` other starts offered at the first step; errors name ``owner``."""
     m = model_patcher.clone()
     m.add_wrapper_with_key(
-        comfy.patcher_extension.WrappersMP.PREDICT_NOISE, GUIDANCE_WRAPPER_KEY, LatentGuidanceWrapper(guide)
+        comfy.patcher_extension.WrappersMP.PREDICT_NOISE,
+        GUIDANCE_WRAPPER_KEY,
+        LatentGuidanceWrapper(guide, owner),
     )
     if start_candidates > 1:
         m.add_wrapper_with_key(
@@ -308,8 +392,11 @@ def _clip_tokenizer(clip):
     )
 
 
-def locate_phrases(clip, prompt: str, phrases: list[str]) -> dict[str, list[int]]:
-    """Conditioning token indices of each phrase in ``prompt``, as the CLIP text encoder sees it."""
+def locate_phrases(
+    clip, prompt: str, phrases: list[str], first_of_several: bool = False
+) -> dict[str, list[int]]:
+    """Conditioning token indices of each phrase in ``prompt``, as the CLIP text encoder sees it.
+    A phrase that occurs several times is an error, unless ``first_of_several`` takes the first."""
     key, sd_tokenizer = _clip_tokenizer(clip)
     chunks = [
         [tok if isinstance(tok, int) else -1 for tok, *_ in chunk] for chunk in clip.tokenize(prompt)[key]
@@ -318,7 +405,12 @@ def locate_phrases(clip, prompt: str, phrases: list[str]) -> dict[str, list[int]
     for phrase in phrases:
         ids = sd_tokenizer.tokenizer(phrase)["input_ids"][1:-1]
         try:
-            positions[phrase] = find_token_positions(chunks, ids)
+            positions[phrase] = find_token_positions(chunks, ids, first_of_several)
+        except RepeatedPhraseError as err:
+            raise RepeatedPhraseError(
+                f"phrase {phrase!r}: {err} {prompt!r}; give each object its own words (e.g. 'large red "
+                "circle' and 'small red circle') and use those as the phrases"
+            ) from None
         except PhraseNotFoundError as err:
             raise PhraseNotFoundError(
                 f"phrase {phrase!r} is not in the prompt {prompt!r} ({err}); "

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..attention_store import AttentionStore, CrossAttentionLayer, attend, attention_probabilities
+from ..attention_masking import RegionAttentionMask
+from ..attention_store import COND, AttentionStore, CrossAttentionLayer, attend, attention_probabilities
 
 
 def discrete_sigmas(
@@ -60,7 +61,9 @@ def diffusers_layer_keys(unet) -> dict[str, tuple[str, int, int]]:
 
 class RecordingCrossAttention:
     """Attention processor for cross-attention layers: plain attention that also records maps into
-    the ``attention_store`` passed through ``cross_attention_kwargs``."""
+    the ``attention_store`` passed through ``cross_attention_kwargs`` and, given a ``masking``
+    there, masks region tokens outside their regions (every row is a conditional one here). The
+    store gets the unmasked maps, as in the ComfyUI backend."""
 
     def __init__(self, patch_key: tuple[str, int, int]):
         self.patch_key = patch_key
@@ -74,6 +77,7 @@ class RecordingCrossAttention:
         temb=None,
         attention_store: AttentionStore | None = None,
         latent_hw: tuple[int, int] | None = None,
+        masking: RegionAttentionMask | None = None,
     ):
         if attention_mask is not None or attn.norm_cross or attn.residual_connection or attn.spatial_norm:
             raise NotImplementedError("RecordingCrossAttention supports SD-style cross-attention layers only")
@@ -82,6 +86,10 @@ class RecordingCrossAttention:
         probs = attention_probabilities(q, k, attn.heads)
         if attention_store is not None and attention_store.wants(self.patch_key):
             attention_store.record(self.patch_key, probs, attn.heads, latent_hw)
+        if masking is not None:
+            labels = torch.full((q.shape[0],), COND)
+            bias = masking.batch_bias(q.shape[1], latent_hw, k.shape[1], labels).to(q.device)
+            probs = attention_probabilities(q, k, attn.heads, bias)
         out = attend(probs, v, attn.heads).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
 
@@ -93,10 +101,17 @@ class DiffusersDenoiser:
     processors on the UNet's cross-attention layers (other processors are left as they are).
     """
 
-    def __init__(self, unet, sigmas: torch.Tensor | None = None, prediction_type: str = "epsilon"):
+    def __init__(
+        self,
+        unet,
+        sigmas: torch.Tensor | None = None,
+        prediction_type: str = "epsilon",
+        masking: RegionAttentionMask | None = None,
+    ):
         if prediction_type not in ("epsilon", "v_prediction"):
             raise ValueError(f"unsupported prediction_type {prediction_type!r}")
         self.unet = unet
+        self.masking = masking  # masks every call: this denoiser knows no sampling schedule
         self.sigmas = discrete_sigmas() if sigmas is None else sigmas
         self.prediction_type = prediction_type
         self.layer_keys = diffusers_layer_keys(unet)
@@ -138,7 +153,11 @@ class DiffusersDenoiser:
             (x / (s**2 + 1) ** 0.5).to(dtype),
             t,
             encoder_hidden_states=cond.to(dtype),
-            cross_attention_kwargs={"attention_store": store, "latent_hw": tuple(x.shape[-2:])},
+            cross_attention_kwargs={
+                "attention_store": store,
+                "latent_hw": tuple(x.shape[-2:]),
+                "masking": self.masking,
+            },
         ).sample.float()
         if self.prediction_type == "epsilon":
             return x - s * out
