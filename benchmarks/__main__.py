@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import platform
@@ -30,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=names)
     parser.add_argument("--quick", action="store_true", help="a smaller run (under 5 minutes)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the models run")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
 
@@ -37,17 +39,24 @@ def main() -> None:
 
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     module = importlib.import_module(f"benchmarks.bench_{args.name}")
+    options = {}
+    if args.device != "cpu":
+        if "device" not in inspect.signature(module.run).parameters:
+            parser.error(f"benchmark {args.name} runs on the CPU only")
+        options["device"] = args.device
     start = time.perf_counter()
-    figures = module.run(quick=args.quick)
+    figures = module.run(quick=args.quick, **options)
     figures["meta"] = {
         "quick": args.quick,
         "seconds": round(time.perf_counter() - start, 1),
         "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} cores",
         "torch": torch.__version__,
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"{args.name}{'_quick' if args.quick else ''}.json"
+    suffix = ("_quick" if args.quick else "") + ("" if args.device == "cpu" else f"_{args.device}")
+    out = RESULTS / f"{args.name}{suffix}.json"
     out.write_text(json.dumps(figures, indent=2) + "\n")
     width = max(len(k) for k, _ in _rows(figures))
     for key, value in _rows(figures):

@@ -1,22 +1,31 @@
-"""Benchmark ``region_guidance``: does each phrase land in its box?
+"""Benchmark ``region_guidance``: does each phrase land in its box, at its box's size?
 
 Layout prompts of 2-4 objects from the shape world's eval split (never used in training), each
-object with its box; every arm samples the same prompts with the same seeds (demo model, 20 steps
-of DPM++ 2M Karras, CFG 4, one image at a time so times compare):
+object with its box, written in two prompt sets (``benchmarks/shape_world/captions.py``):
+``sized``, the scenes' own template with a size word per object ("a large red circle and a small
+blue square"), and ``plain``, as users first write them ("a red circle and a blue square"); the
+regions' phrases are the prompt's words for each object. Every arm samples the same layouts with
+the same seeds in both sets (demo model, 20 steps of DPM++ 2M Karras, CFG 4, one image at a time
+so times compare):
 
 - ``unguided``: the prompt alone.
 - ``conditioning_set_mask``: ComfyUI core masked regional prompting: the prompt everywhere plus,
   per object, "a <phrase>" through ConditioningSetMask on its box.
+- ``attention_masking``: RegionAttentionMasking with its defaults (each phrase's tokens attended
+  to only inside its box in the early steps; DenseDiffusion-style masking without gradients).
+- ``attention_couple``: the same with ``region_prompts`` (each phrase also encoded on its own and
+  attended to only inside its box: what attention-couple packs do).
 - ``backward_guidance``: RegionBackwardGuidance with its default settings (the start moved into the
   regions, then gradient steps).
-- ``guidance_start_not_moved``: the same with ``move_start`` off (gradient steps alone).
-- ``guidance_8_candidates``: the same with 8 start candidates (not a default: it costs more).
-- ``guidance_regional_cfg``: the RegionGuidedKSampler (backward guidance plus per-region CFG).
+- ``masking_and_guidance``: attention masking's MODEL into backward guidance, both at defaults.
+- ``guidance_4_candidates``: backward guidance with 4 start candidates (not a default: it costs
+  more).
 
-Per arm: ``hit_rate`` (share of objects whose detection has IoU >= 0.5 with its box),
-``mean_iou``, ``fidelity`` (whole-image success: every requested colour+shape present once) and
-``time_ratio`` (seconds per image / the unguided arm's, measured in the same run, the arms taking
-turns on each task).
+Per set and arm, overall and per object count (2, 3, 4): ``hit_rate`` (share of objects whose
+detection has IoU >= 0.5 with its box), ``mean_iou``, ``size_error`` (mean ``|log(object extent /
+box extent)|`` over the objects found, ``metrics.placement_size_error``), ``fidelity``
+(whole-image success: every requested colour+shape present once) and ``time_ratio`` (seconds per
+image / the unguided arm's, measured in the same run, the arms taking turns on each task).
 """
 
 from __future__ import annotations
@@ -26,30 +35,34 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.shape_world.captions import PROMPT_FORMS, write_caption
 from benchmarks.shape_world.generator import sample_layout
-from benchmarks.shape_world.metrics import hit_rate, placement_iou, whole_image_success
+from benchmarks.shape_world.metrics import hit_rate, placement_iou, placement_size_error, whole_image_success
 
 SEED_BASE = 700_000
 CANVAS = 128
+PROMPT_SETS = ("sized", "plain")
 ARMS = (
     "unguided",
     "conditioning_set_mask",
+    "attention_masking",
+    "attention_couple",
     "backward_guidance",
-    "guidance_start_not_moved",
-    "guidance_8_candidates",
-    "guidance_regional_cfg",
+    "masking_and_guidance",
+    "guidance_4_candidates",
 )
 
 
-def task_regions(task):
-    """REGIONS of a layout task, built by the pack's RegionFromBox node (one per object)."""
+def task_regions(task, phrases):
+    """REGIONS of a layout task, built by the pack's RegionFromBox node (one per object, with the
+    prompt's words for it)."""
     from spatial_control.nodes.regions import RegionFromBox
 
     regions = None
-    for target in task.targets:
+    for target, phrase in zip(task.targets, phrases, strict=True):
         x0, y0, x1, y1 = (v / CANVAS for v in target.box)
         box = (x0, y0, x1 - x0, y1 - y0)
-        regions = RegionFromBox.execute(*box, CANVAS, CANVAS, target.phrase, 1.0, regions)[0]
+        regions = RegionFromBox.execute(*box, CANVAS, CANVAS, phrase, 1.0, regions)[0]
     return regions
 
 
@@ -62,75 +75,95 @@ def _defaults(node) -> dict:
     }
 
 
-def _arm_image(session, arm: str, task, seed: int) -> np.ndarray:
-    from spatial_control.nodes.guided_sampler import RegionGuidedKSampler
+def _arm_image(session, arm: str, caption: str, regions, seed: int) -> np.ndarray:
+    from spatial_control.nodes.attention_masking import RegionAttentionMasking
     from spatial_control.nodes.region_guidance import RegionBackwardGuidance
 
     nodes = session.nodes
     if arm == "unguided":
-        return session.generate([task.caption], seed)[0][0]
-    regions = task_regions(task)
+        return session.generate([caption], seed)[0][0]
     if arm == "conditioning_set_mask":
         with torch.inference_mode():
-            positive = session.encode([task.caption])
+            positive = session.encode([caption])
             for region in regions:
                 phrase_cond = session.encode([f"a {region.phrase}"])
                 mask = region.mask[None]
                 masked = nodes["ConditioningSetMask"]().append(phrase_cond, mask, "default", 1.0)[0]
                 positive = nodes["ConditioningCombine"]().combine(positive, masked)[0]
-        return session.generate([task.caption], seed, positive=positive)[0][0]
-    if arm in ("backward_guidance", "guidance_start_not_moved", "guidance_8_candidates"):
-        settings = _defaults(RegionBackwardGuidance)
-        if arm == "guidance_start_not_moved":
-            settings["move_start"] = False
-        if arm == "guidance_8_candidates":
-            settings["candidates"] = 8
-        with torch.inference_mode():
-            model, positive = RegionBackwardGuidance.execute(
-                session.model, session.clip, regions, task.caption, **settings
+        return session.generate([caption], seed, positive=positive)[0][0]
+    model, positive = session.model, None
+    with torch.inference_mode():
+        if arm in ("attention_masking", "attention_couple", "masking_and_guidance"):
+            settings = _defaults(RegionAttentionMasking)
+            settings["region_prompts"] = arm == "attention_couple"
+            model, positive = RegionAttentionMasking.execute(
+                model, session.clip, regions, caption, **settings
             ).result
-        return session.generate([task.caption], seed, model=model, positive=positive)[0][0]
-    if arm == "guidance_regional_cfg":
-        settings = _defaults(RegionGuidedKSampler)
-        settings.update(steps=20, cfg=4.0, sampler_name="dpmpp_2m", scheduler="karras")
-        with torch.inference_mode():
-            negative = session.encode([""])
-            latent = nodes["EmptyLatentImage"]().generate(CANVAS, CANVAS, 1)[0]
-            (out,) = RegionGuidedKSampler.execute(
-                model=session.model, clip=session.clip, regions=regions, prompt=task.caption,
-                negative=negative, latent_image=latent, seed=seed, **settings,
-            ).result  # fmt: skip
-            images = nodes["VAEDecode"]().decode(session.vae, out)[0]
-        return (images.numpy() * 255).round().astype(np.uint8)[0]
-    raise ValueError(f"unknown arm {arm!r}")
+        if arm in ("backward_guidance", "masking_and_guidance", "guidance_4_candidates"):
+            settings = _defaults(RegionBackwardGuidance)
+            if arm == "guidance_4_candidates":
+                settings["candidates"] = 4
+            model, positive = RegionBackwardGuidance.execute(
+                model, session.clip, regions, caption, positive=positive, **settings
+            ).result
+    if model is session.model:
+        raise ValueError(f"unknown arm {arm!r}")
+    return session.generate([caption], seed, model=model, positive=positive)[0][0]
 
 
-def run(quick: bool = False, arms=ARMS) -> dict:
+def _figures(records: list[dict], seconds: float) -> dict:
+    """Figures of one arm on one prompt set; ``records``: per task, its objects' IoUs and size
+    errors and its whole-image success."""
+    ious = [v for r in records for v in r["ious"]]
+    sizes = [v for r in records for v in r["sizes"] if v is not None]
+    figures = {
+        "hit_rate": hit_rate(ious),
+        "mean_iou": float(np.mean(ious)),
+        "size_error": float(np.mean(sizes)) if sizes else None,
+        "fidelity": float(np.mean([r["success"] for r in records])),
+        "seconds_per_image": seconds / len(records),
+        "by_objects": {},
+    }
+    for k in sorted({len(r["ious"]) for r in records}):
+        subset = [r for r in records if len(r["ious"]) == k]
+        k_ious = [v for r in subset for v in r["ious"]]
+        k_sizes = [v for r in subset for v in r["sizes"] if v is not None]
+        figures["by_objects"][str(k)] = {
+            "tasks": len(subset),
+            "hit_rate": hit_rate(k_ious),
+            "size_error": float(np.mean(k_sizes)) if k_sizes else None,
+            "fidelity": float(np.mean([r["success"] for r in subset])),
+        }
+    return figures
+
+
+def run(quick: bool = False, arms=ARMS, prompt_sets=PROMPT_SETS, device: str = "cpu") -> dict:
     from benchmarks.comfy_generation import DemoModelSession
 
     n = 24 if quick else 200
     tasks = [sample_layout("eval", SEED_BASE + i) for i in range(n)]
-    session = DemoModelSession()
-    _arm_image(session, "unguided", tasks[0], 0)  # warm-up: first-call costs out of the timings
-    figures: dict = {"tasks": n, "objects": sum(len(t.targets) for t in tasks), "arms": {}}
-    ious = {arm: [] for arm in arms}
-    fidelity = {arm: [] for arm in arms}
-    seconds = dict.fromkeys(arms, 0.0)
-    for i, task in enumerate(tasks):
-        for arm in arms:  # arms take turns on each task, so drifts in the machine's speed hit all alike
-            start = time.perf_counter()
-            image = _arm_image(session, arm, task, SEED_BASE + i)
-            seconds[arm] += time.perf_counter() - start
-            ious[arm].extend(placement_iou(image, target) for target in task.targets)
-            fidelity[arm].append(whole_image_success(image, [t.phrase for t in task.targets]))
-    for arm in arms:
-        figures["arms"][arm] = {
-            "hit_rate": hit_rate(ious[arm]),
-            "mean_iou": float(np.mean(ious[arm])),
-            "fidelity": float(np.mean(fidelity[arm])),
-            "seconds_per_image": seconds[arm] / n,
-        }
-    plain = figures["arms"]["unguided"]["seconds_per_image"] if "unguided" in arms else None
-    for arm_figures in figures["arms"].values():
-        arm_figures["time_ratio"] = arm_figures["seconds_per_image"] / plain if plain else None
+    session = DemoModelSession(device=device)
+    written = {name: [write_caption(t.targets, PROMPT_FORMS[name]) for t in tasks] for name in prompt_sets}
+    warm = written[prompt_sets[0]][0]
+    _arm_image(session, "unguided", warm.text, None, 0)  # warm-up: first-call costs out of the timings
+    figures: dict = {"tasks": n, "objects": sum(len(t.targets) for t in tasks), "device": device, "sets": {}}
+    for name in prompt_sets:
+        records = {arm: [] for arm in arms}
+        seconds = dict.fromkeys(arms, 0.0)
+        for i, (task, caption) in enumerate(zip(tasks, written[name], strict=True)):
+            regions = task_regions(task, caption.phrases)
+            for arm in arms:  # arms take turns on each task, so drifts in the machine's speed hit all alike
+                start = time.perf_counter()
+                image = _arm_image(session, arm, caption.text, regions, SEED_BASE + i)
+                seconds[arm] += time.perf_counter() - start
+                records[arm].append({
+                    "ious": [placement_iou(image, t) for t in task.targets],
+                    "sizes": [placement_size_error(image, t) for t in task.targets],
+                    "success": whole_image_success(image, task.targets),
+                })  # fmt: skip
+        by_arm = {arm: _figures(records[arm], seconds[arm]) for arm in arms}
+        plain = by_arm["unguided"]["seconds_per_image"] if "unguided" in by_arm else None
+        for arm_figures in by_arm.values():
+            arm_figures["time_ratio"] = arm_figures["seconds_per_image"] / plain if plain else None
+        figures["sets"][name] = {"example_prompt": written[name][0].text, "arms": by_arm}
     return figures

@@ -14,9 +14,14 @@ from scripts.comfy_headless import HeadlessComfyUI, quiet_comfy_logging
 class DemoModelSession:
     """ComfyUI in-process with the demo model loaded; generates and probes batches of captions."""
 
-    def __init__(self, weights_dir: Path | None = None, comfy: HeadlessComfyUI | None = None):
+    def __init__(
+        self, weights_dir: Path | None = None, comfy: HeadlessComfyUI | None = None, device: str = "cpu"
+    ):
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
         quiet_comfy_logging()
-        self.comfy = comfy or HeadlessComfyUI(base_dir=Path(tempfile.mkdtemp(prefix="bench_comfy_")))
+        base = Path(tempfile.mkdtemp(prefix="bench_comfy_"))
+        self.comfy = comfy or HeadlessComfyUI(base_dir=base, cpu=device == "cpu")
         from spatial_control.models.comfy_builder import load_demo_model
         from spatial_control.models.demo_model import WEIGHTS_DIR
 

@@ -114,8 +114,11 @@ class HeadlessComfyUI:
     outputs are cached between runs the way users experience it); ``fresh=True`` drops the cache.
     """
 
-    def __init__(self, base_dir: Path, comfy_root: Path | None = None, pack_root: Path = PACK_ROOT):
+    def __init__(
+        self, base_dir: Path, comfy_root: Path | None = None, pack_root: Path = PACK_ROOT, cpu: bool = True
+    ):
         self.comfy_root = comfy_root or find_comfyui()
+        self.cpu = cpu
         self.base_dir = Path(base_dir)
         self.pack_root = pack_root
         self.progress: list[tuple] = []
@@ -137,7 +140,7 @@ class HeadlessComfyUI:
         import comfy.cli_args
 
         args = comfy.cli_args.args
-        args.cpu = True
+        args.cpu = self.cpu  # False: ComfyUI picks the GPU it finds
         args.base_directory = str(self.base_dir)
         args.disable_api_nodes = True
         args.database_url = "sqlite:///:memory:"

@@ -301,6 +301,22 @@ def placement_iou(image, target) -> float:
     return max((box_iou(d.box, box) for d in _detections(image) if d.pair == pair), default=0.0)
 
 
+def placement_size_error(image, target) -> float | None:
+    """``|log(object extent / box extent)|`` of the detection that :func:`placement_iou` matches
+    (extent = square root of the box area), or None if no object of the target's colour and shape
+    was detected: 0 when the object fills its box, log 2 = 0.69 when it is half or twice as wide."""
+    pair = _pair(target)
+    matches = [d for d in _detections(image) if d.pair == pair]
+    if not matches:
+        return None
+    best = max(matches, key=lambda d: box_iou(d.box, target.box))
+
+    def extent(box) -> float:
+        return math.sqrt(max(1e-9, (box[2] - box[0]) * (box[3] - box[1])))
+
+    return abs(math.log(extent(best.box) / extent(target.box)))
+
+
 def local_accuracy(image, mask, colour: str, shape: str) -> bool:
     """Whether the requested object is inside the region ``mask``.
 
