@@ -31,4 +31,14 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   "$VPY" -c "import torch, diffusers, transformers, timm, safetensors, einops, pytest, spatial_control"
   echo "$want" > "$stamp"
 fi
+# Debian's Chromium for the browser test (tests/test_browser.py); Playwright drives it, nothing is
+# downloaded. Installed here when running as root (CI); elsewhere: sudo apt-get install chromium.
+if [ -z "${CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
+  else
+    echo "warning: no /usr/bin/chromium: the browser test will fail (sudo apt-get install chromium, or set CHROMIUM)"
+  fi
+fi
 echo "setup done: $("$VPY" -c "import torch; print('torch', torch.__version__)"), ComfyUI at $("$VPY" -c "from scripts.comfy_headless import find_comfyui; print(find_comfyui())")"

@@ -30,6 +30,20 @@ def comfy(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def comfy_server(tmp_path_factory):
+    """The real ComfyUI server on a loopback port with the pack in custom_nodes/ (one per session)."""
+    from scripts.comfy_server import ComfyServer
+
+    with ComfyServer(tmp_path_factory.mktemp("comfy_server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def object_info(comfy_server) -> dict:
+    return comfy_server.object_info()
+
+
+@pytest.fixture(scope="session")
 def sd15(comfy):
     """(MODEL, CLIP, VAE) of the random SD1.5-shaped checkpoint, through the stock loader."""
     import torch

@@ -1,0 +1,213 @@
+"""Build the shipped workflows: ``workflows/*.json`` in ComfyUI's UI form (laid out, grouped, with a
+note saying what to change) and their copies with thumbnails in ``example_workflows/`` for the
+templates browser.
+
+    python -m scripts.build_workflows            # rebuild the JSON (a server gives /object_info)
+    python -m scripts.build_workflows --thumbnails   # also run each workflow and save its picture
+
+Widgets a spec does not set take the node's default, so the workflows show the current defaults;
+``tests/test_workflows.py`` fails when a committed workflow differs from what this builds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from scripts.comfy_headless import PACK_ROOT
+from scripts.workflow_format import WorkflowSpec
+
+WORKFLOWS_DIR = PACK_ROOT / "workflows"
+EXAMPLES_DIR = PACK_ROOT / "example_workflows"
+SAMPLING = {"steps": 20, "cfg": 4.0, "sampler_name": "dpmpp_2m", "scheduler": "karras"}
+PROMPT = "a red circle and a blue square"
+
+
+def _demo_model(w: WorkflowSpec):
+    model = w.node("ShapeWorldDemoModel", (0, 0), "Shape World Demo Model")
+    negative = w.node("CLIPTextEncode", (0, 0), "Negative prompt (empty)", text="", clip=model[1])
+    latent = w.node("EmptyLatentImage", (0, 0), "128x128", width=128, height=128, batch_size=2)
+    w.group("Model", model, negative, latent)
+    return model, negative, latent
+
+
+def _sampled(w: WorkflowSpec, col: int, model, positive, negative, latent, vae, name: str, title: str):
+    """KSampler in ``col``, VAE Decode and Save Image in the next column; the three nodes."""
+    sampler = w.node(
+        "KSampler", (col, 0), title, model=model, positive=positive, negative=negative, latent_image=latent,
+        seed=7, **SAMPLING,
+    )  # fmt: skip
+    decoded = w.node("VAEDecode", (col + 1, 0), "VAE Decode", samples=sampler[0], vae=vae)
+    save = w.node(
+        "SaveImage", (col + 1, 0), "Image", images=decoded[0], filename_prefix=f"shape_world/{name}"
+    )
+    return sampler, decoded, save
+
+
+def text_to_image() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_text_to_image")
+    model, negative, latent = _demo_model(w)
+    positive = w.node("CLIPTextEncode", (1, 0), "Prompt", text=PROMPT, clip=model[1])
+    nodes = _sampled(
+        w, 1, model[0], positive[0], negative[0], latent[0], model[2], "text_to_image", "KSampler"
+    )
+    w.group("Text to image (stock nodes)", positive, *nodes)
+    w.note(
+        "The pack's demo model behaves like an SD1.5 checkpoint: MODEL, CLIP and VAE for the stock nodes.\n"
+        "Change the prompt: colours red, orange, yellow, green, blue, purple; shapes circle, square, "
+        "triangle, cross; sizes small / large if you like.",
+        (0, 0),
+    )
+    return w
+
+
+def attention_maps() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_attention_maps")
+    model, negative, latent = _demo_model(w)
+    positive = w.node("CLIPTextEncode", (1, 0), "Prompt", text=PROMPT, clip=model[1])
+    sampler, decoded, save = _sampled(
+        w, 1, model[0], positive[0], negative[0], latent[0], model[2], "attention_images", "KSampler"
+    )
+    w.group("Generate", positive, sampler, decoded, save)
+    maps = w.node(
+        "CrossAttentionMaps", (3, 0), "Where does each phrase attend?", model=model[0], clip=model[1],
+        latent=sampler[0], prompt=PROMPT, phrases="red circle\nblue square",
+    )  # fmt: skip
+    heatmaps = w.node(
+        "SaveImage", (3, 0), "Heatmaps", images=maps[1], filename_prefix="shape_world/attention_maps"
+    )
+    w.group("Probe the cross-attention", maps, heatmaps)
+    w.note("Write the phrases to probe, one per line; each must occur in the prompt.", (0, 0))
+    return w
+
+
+def _regions(w: WorkflowSpec, col: int = 1):
+    first = w.node(
+        "RegionFromBox", (col, 0), "Red circle: top left", x=0.05, y=0.1, width=0.4, height=0.4,
+        image_width=128, image_height=128, phrase="red circle",
+    )  # fmt: skip
+    second = w.node(
+        "RegionFromBox", (col, 0), "Blue square: bottom right", x=0.55, y=0.5, width=0.4, height=0.4,
+        image_width=128, image_height=128, phrase="blue square", regions=first[0],
+    )  # fmt: skip
+    preview = w.node(
+        "SaveImage", (col, 0), "Regions", images=second[2], filename_prefix="shape_world/regions"
+    )
+    w.group("Where each phrase goes", first, second, preview)
+    return second
+
+
+def _patched_and_sampled(
+    w: WorkflowSpec, node_type: str, title: str, group: str, model, base, regions, name: str, **extra
+):
+    """A pack node that patches ``model`` (e.g. guidance) for the stock KSampler in column 2, its
+    sampler, decoder and saver beside it, grouped; ``base`` is the ``_demo_model`` triple's nodes."""
+    demo, negative, latent = base
+    patched = w.node(
+        node_type, (2, 0), title, model=model, clip=demo[1], regions=regions[0], prompt=PROMPT, **extra
+    )
+    nodes = _sampled(w, 2, patched[0], patched[1], negative[0], latent[0], demo[2], name, "KSampler")
+    w.group(group, patched, *nodes)
+    return patched
+
+
+def region_guidance() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_region_guidance")
+    base = model, negative, latent = _demo_model(w)
+    regions = _regions(w)
+    _patched_and_sampled(
+        w, "RegionBackwardGuidance", "Region Backward Guidance", "Backward guidance into the stock KSampler",
+        model[0], base, regions, "region_guidance",
+    )  # fmt: skip
+    w.note(
+        "Move the boxes (x, y, width, height as fractions of the image) and change the phrases: each "
+        "phrase must occur once in the prompt. Objects take their box's size whatever the prompt says "
+        "of size. On your own checkpoint, connect its MODEL and CLIP and set image_width / image_height "
+        "to the size of the image you generate.",
+        (0, 0),
+    )
+    w.new_section()
+    sampler = w.node(
+        "RegionGuidedKSampler", (2, 0), "Region-Guided KSampler", model=model[0], clip=model[1],
+        regions=regions[0], prompt=PROMPT, negative=negative[0], latent_image=latent[0], seed=7, **SAMPLING,
+    )  # fmt: skip
+    decoded = w.node("VAEDecode", (3, 0), "VAE Decode", samples=sampler[0], vae=model[2])
+    save = w.node(
+        "SaveImage", (3, 0), "Image", images=decoded[0], filename_prefix="shape_world/region_guided_sampler"
+    )
+    w.group("All in one: guidance + per-region CFG in one sampler", sampler, decoded, save)
+    return w
+
+
+def attention_masking() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_attention_masking")
+    base = model, _, _ = _demo_model(w)
+    regions = _regions(w)
+    masked = _patched_and_sampled(
+        w, "RegionAttentionMasking", "Region Attention Masking", "Attention masking (no gradients)",
+        model[0], base, regions, "attention_masking",
+    )  # fmt: skip
+    w.note(
+        "Attention masking keeps each phrase's words inside its box in the early steps (what attention-"
+        "couple packs do). Its MODEL chains into Region Backward Guidance to combine both (below).",
+        (0, 0),
+    )
+    w.new_section()
+    _patched_and_sampled(
+        w, "RegionBackwardGuidance", "Region Backward Guidance", "Masking chained into backward guidance",
+        masked[0], base, regions, "masking_and_guidance", positive=masked[1],
+    )  # fmt: skip
+    return w
+
+
+SPECS = (text_to_image, attention_maps, region_guidance, attention_masking)
+# The saved image (filename prefix) each workflow shows in the templates browser.
+THUMBNAILS = {
+    "shape_world_text_to_image": "text_to_image",
+    "shape_world_attention_maps": "attention_maps",
+    "shape_world_region_guidance": "region_guidance",
+    "shape_world_attention_masking": "masking_and_guidance",
+}
+
+
+def build(object_info: dict) -> dict[str, dict]:
+    """Workflow name -> UI graph."""
+    workflows = [spec() for spec in SPECS]
+    return {w.name: w.ui_graph(object_info) for w in workflows}
+
+
+def write(graphs: dict[str, dict]) -> None:
+    EXAMPLES_DIR.mkdir(exist_ok=True)
+    for name, graph in graphs.items():
+        text = json.dumps(graph, indent=2) + "\n"
+        (WORKFLOWS_DIR / f"{name}.json").write_text(text)
+        (EXAMPLES_DIR / f"{name}.json").write_text(text)
+
+
+def main() -> None:
+    from PIL import Image
+
+    from scripts.comfy_server import ComfyServer
+    from scripts.workflow_format import ui_to_api
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--thumbnails", action="store_true", help="run each workflow, save its last image")
+    args = parser.parse_args()
+    with ComfyServer(Path(tempfile.mkdtemp(prefix="build_workflows_"))) as server:
+        info = server.object_info()
+        graphs = build(info)
+        write(graphs)
+        print(f"wrote {len(graphs)} workflows to {WORKFLOWS_DIR} and {EXAMPLES_DIR}")
+        if args.thumbnails:
+            for name, graph in graphs.items():
+                images = server.saved_images(server.run(ui_to_api(graph, info)))
+                shown = [p for p in images if p.name.startswith(THUMBNAILS[name] + "_0")]
+                thumbnail = Image.open(shown[0]).convert("RGB").resize((256, 256), Image.NEAREST)
+                thumbnail.save(EXAMPLES_DIR / f"{name}.jpg", quality=92)
+                print(f"thumbnail {name}.jpg from {shown[0].name}")
+
+
+if __name__ == "__main__":
+    main()
