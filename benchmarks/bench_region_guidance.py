@@ -75,7 +75,7 @@ def _defaults(node) -> dict:
     }
 
 
-def _arm_image(session, arm: str, caption: str, regions, seed: int) -> np.ndarray:
+def arm_image(session, arm: str, caption: str, regions, seed: int) -> np.ndarray:
     from spatial_control.nodes.attention_masking import RegionAttentionMasking
     from spatial_control.nodes.region_guidance import RegionBackwardGuidance
 
@@ -145,7 +145,7 @@ def run(quick: bool = False, arms=ARMS, prompt_sets=PROMPT_SETS, device: str = "
     session = DemoModelSession(device=device)
     written = {name: [write_caption(t.targets, PROMPT_FORMS[name]) for t in tasks] for name in prompt_sets}
     warm = written[prompt_sets[0]][0]
-    _arm_image(session, "unguided", warm.text, None, 0)  # warm-up: first-call costs out of the timings
+    arm_image(session, "unguided", warm.text, None, 0)  # warm-up: first-call costs out of the timings
     figures: dict = {"tasks": n, "objects": sum(len(t.targets) for t in tasks), "device": device, "sets": {}}
     for name in prompt_sets:
         records = {arm: [] for arm in arms}
@@ -154,7 +154,7 @@ def run(quick: bool = False, arms=ARMS, prompt_sets=PROMPT_SETS, device: str = "
             regions = task_regions(task, caption.phrases)
             for arm in arms:  # arms take turns on each task, so drifts in the machine's speed hit all alike
                 start = time.perf_counter()
-                image = _arm_image(session, arm, caption.text, regions, SEED_BASE + i)
+                image = arm_image(session, arm, caption.text, regions, SEED_BASE + i)
                 seconds[arm] += time.perf_counter() - start
                 records[arm].append({
                     "ious": [placement_iou(image, t) for t in task.targets],

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from benchmarks.bench_region_guidance import _arm_image, task_regions
+from benchmarks.bench_region_guidance import arm_image, task_regions
 from benchmarks.shape_world.captions import PROMPT_FORMS, write_caption
 from benchmarks.shape_world.generator import sample_layout
 from scripts.comfy_headless import PACK_ROOT
@@ -61,7 +61,7 @@ def guidance_grid(session, count: int) -> tuple[Path, list[str]]:
         regions = task_regions(task, caption.phrases)
         boxes = [t.box for t in task.targets]
         rows.append([
-            _with_boxes(_arm_image(session, arm, caption.text, regions, SEED_BASE + i), boxes) for arm in ARMS
+            _with_boxes(arm_image(session, arm, caption.text, regions, SEED_BASE + i), boxes) for arm in ARMS
         ])  # fmt: skip
         prompts.append(caption.text)
     path = GALLERY / "region_guidance.png"

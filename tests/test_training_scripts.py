@@ -30,10 +30,10 @@ def _run(module: str, *args: str) -> subprocess.CompletedProcess:
     return proc
 
 
-def _train_twice(module: str, work, out, first: list[str], *extra: str) -> tuple[str, str]:
+def _train_twice(module: str, work, out, *extra: str) -> tuple[str, str]:
     """Train to step 2 (no export), then resume to step 3 and export; both runs' output."""
     common = ["--cache-dir", str(work), "--out", str(out), "--minutes", "10", *extra]
-    one = _run(module, *common, "--steps", "2", "--no-export", *first)
+    one = _run(module, *common, "--steps", "2", "--no-export")
     assert (work / "checkpoint.pt").is_file() and "step 2/2" in one.stdout
     two = _run(module, *common, "--steps", "3")
     assert "at step 2" in two.stdout and "step 3/3" in two.stdout
@@ -44,7 +44,7 @@ def test_train_demo_model_checkpoints_resumes_and_exports(demo_weights, tmp_path
     out = tmp_path / "weights"
     shutil.copytree(demo_weights, out)
     before = (out / "demo_unet.safetensors").read_bytes()
-    _, second = _train_twice("scripts.train_demo_model", tmp_path / "work", out, [], "--batch", "4")
+    _, second = _train_twice("scripts.train_demo_model", tmp_path / "work", out, "--batch", "4")
     assert "exported" in second and (out / "demo_unet.safetensors").read_bytes() != before
     assert '"steps": 3' in second
 
@@ -56,5 +56,5 @@ def test_train_demo_model_checkpoints_resumes_and_exports(demo_weights, tmp_path
 )  # fmt: skip
 def test_train_script_checkpoints_resumes_and_exports(tmp_path, module, extra):
     out = tmp_path / "model.safetensors"
-    _, second = _train_twice(module, tmp_path / "work", out, [], *extra)
+    _, second = _train_twice(module, tmp_path / "work", out, *extra)
     assert out.is_file() and "exported" in second
