@@ -43,3 +43,18 @@ def test_workflow_loads_and_runs_in_the_page(browser, comfy_server, object_info,
         assert run.page_prompt[node_id]["inputs"] == node["inputs"], f"node {node_id} ({node['class_type']})"
     assert run.history["status"]["status_str"] == "success", run.history["status"]
     assert run.images_shown and run.screenshot.is_file()
+
+
+def test_the_page_reports_a_workflow_with_a_missing_node(browser, comfy_server):
+    from scripts.browser_check import DROP_FILE, open_page, shown_dialogs
+
+    graph = json.loads(WORKFLOWS[0].read_text())
+    graph["nodes"][0]["type"] = "NoSuchNodeAnywhere"
+    page = open_page(browser, comfy_server)
+    try:
+        page.evaluate(DROP_FILE, [json.dumps(graph), "broken.json"])
+        page.wait_for_timeout(2500)
+        dialogs = shown_dialogs(page)
+    finally:
+        page.close()
+    assert any("NoSuchNodeAnywhere" in d for d in dialogs), dialogs  # what the workflow test checks is absent
