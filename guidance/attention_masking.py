@@ -9,9 +9,9 @@ image inside it; inside, positions attend to the region's words, the prompt's ot
 padding as before. No gradients, no extra model passes: the cost is that of a masked softmax.
 
 Only the conditional branch's rows are masked (the unconditional prompt has no region tokens).
-The SpatioTextualEncoder's training-free path and the guided sampler reuse this module; backends
-apply :meth:`RegionAttentionMask.bias` inside their cross-attention (``backends/comfy.py``,
-``backends/diffusers.py``).
+Written once for the pack (the SpatioTextualEncoder's training-free path is to reuse it); the
+backends add :meth:`RegionAttentionMask.batch_bias` to the scores inside their cross-attention
+(``backends/comfy.py``, ``backends/diffusers.py``).
 """
 
 from __future__ import annotations

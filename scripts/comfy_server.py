@@ -59,8 +59,8 @@ class ComfyServer:
             "--listen", "127.0.0.1", "--port", str(self.port), "--disable-api-nodes",
             "--database-url", "sqlite:///:memory:", "--disable-auto-launch",
         ]  # fmt: skip
-        log = self.log_path.open("w")
-        self.process = subprocess.Popen(cmd, cwd=find_comfyui(), stdout=log, stderr=subprocess.STDOUT)
+        with self.log_path.open("w") as log:  # the child keeps its own handle
+            self.process = subprocess.Popen(cmd, cwd=find_comfyui(), stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

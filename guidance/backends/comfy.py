@@ -65,9 +65,10 @@ class RegionCrossAttention:
         bias = self._masking_bias(q, k, extra_options)
         if not recording and bias is None:
             return self._attention(q, k, v, extra_options)
-        latent_hw = tuple(extra_options["original_shape"][-2:])
-        probs = attention_probabilities(q, k, heads)
-        if recording:
+        probs = None
+        if recording:  # the store gets the unmasked maps
+            probs = attention_probabilities(q, k, heads)
+            latent_hw = tuple(extra_options["original_shape"][-2:])
             store.record(self.patch_key, probs, heads, latent_hw, chunks=extra_options.get("cond_or_uncond"))
         if bias is not None:
             return attend(attention_probabilities(q, k, heads, bias), v, heads).to(q.dtype)
