@@ -5,6 +5,7 @@ from typing_extensions import override
 
 from .attention_maps import CrossAttentionMaps
 from .attention_masking import RegionAttentionMasking
+from .concept_em import ConceptTokenEM
 from .demo_model import ShapeWorldDemoModel
 from .guided_sampler import RegionGuidedKSampler, RegionGuider
 from .region_guidance import RegionBackwardGuidance
@@ -19,6 +20,7 @@ NODES: list[type[io.ComfyNode]] = [
     RegionAttentionMasking,
     RegionGuider,
     RegionGuidedKSampler,
+    ConceptTokenEM,
 ]
 
 

@@ -1,0 +1,266 @@
+"""Concept tokens and their masks from a few images, by alternating optimisation (EM).
+
+Visual Concept-driven Image Generation with Text-to-Image Diffusion Model (Rahman et al.,
+arXiv 2402.11487), with the losses of Break-A-Scene (Avrahami et al., SIGGRAPH Asia 2023):
+one new token embedding per concept; the M-step optimises the embeddings (Adam, nothing else
+trained) on a masked diffusion loss over random noise levels plus an attention loss (MSE between
+each token's max-normalised cross-attention and its current mask), on a random subset of the
+concepts at each step (Break-A-Scene's union sampling); the E-step re-estimates each concept's
+mask in every image from its token's attention, averaged over several noise levels and
+normalised across the concepts and the background. The first M-step, without masks unless the
+user gave some, is textual inversion on the whole image. Rounds stop when the masks are stable or
+the budget is spent.
+
+Written against the ``Denoiser`` protocol and a ``ConceptText`` (the backend's text encoder,
+differentiable in the new embeddings), so it runs on ComfyUI MODELs and diffusers UNets alike.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from .attention_store import AttentionStore, CrossAttentionLayer
+from .latent_gradient import Denoiser, gradients_enabled
+from .mask_refinement import CRFSettings, attention_probabilities_with_background, dense_crf, otsu_levels
+
+Words = list  # prompt pieces: text and concept indices, e.g. ["a", 0, "and a", 1]
+
+
+class ConceptText(Protocol):
+    """A text encoder with ``count`` placeholder tokens whose input embeddings are free.
+
+    ``initial_embeddings(word, count, vectors)``: per sub-encoder key (``clip_l``, ``clip_g``, ...) a
+    ``[count, vectors, dim]`` tensor, every row the input embedding of ``word`` (one token).
+    ``encode(words, embeddings)``: the denoiser's cond for a prompt of text pieces and concept
+    indices, with each concept index replaced by its ``vectors`` tokens, differentiable in
+    ``embeddings``, and the conditioning positions of each concept index.
+    """
+
+    def initial_embeddings(self, word: str, count: int, vectors: int = 1) -> dict[str, torch.Tensor]: ...
+
+    def encode(
+        self, words: Words, embeddings: dict[str, torch.Tensor]
+    ) -> tuple[object, dict[int, list[int]]]: ...
+
+
+@dataclass(frozen=True)
+class ConceptEMSettings:
+    warmup_steps: int = 600  # the first M-step: whole image (textual inversion) or the given masks
+    rounds: int = 3  # masked M-steps after it; an E-step follows every M-step
+    steps_per_round: int = 150
+    vectors: int = 1  # tokens per concept (multi-vector textual inversion)
+    learning_rate: float = 5e-3
+    attention_weight: float = 0.01  # Break-A-Scene's lambda
+    use_masks: bool = True  # False: textual inversion (whole-image loss, no attention loss)
+    refine_masks: bool = True  # False: masks from the first attention pass only
+    background_level: float | None = None  # fixed level in [0, 1]; None: each map's Otsu level
+    attention_power: float = 0.5  # flattens the peaked, max-normalised maps before the labelling
+    crf: CRFSettings | None = CRFSettings()  # sharpens the masks to the image's edges; None: off
+    probe_noise_levels: tuple[float, ...] = (0.3, 0.5, 0.7)  # fractions of the schedule (1 = noise)
+    stable_iou: float = 0.95  # stop when every mask overlaps its previous estimate this much
+    init_noise: float = 0.1  # seeded noise on the initial rows (x the embedding's norm), breaks symmetry
+
+
+@dataclass
+class ConceptEMResult:
+    embeddings: dict[str, torch.Tensor]  # key -> [concepts, dim], detached
+    masks: torch.Tensor  # [images, concepts, H, W] in {0, 1} at image resolution
+    attention: torch.Tensor  # [images, concepts, H, W] normalised attention of the last E-step
+    rounds: int
+    stopped: str  # "stable", "rounds" or "budget"
+    history: list[dict] = field(default_factory=list)
+
+
+def concept_words(concepts: Sequence[int]) -> Words:
+    """``["a", 0]``, ``["a", 0, "and a", 1]``, ``["a", 0, ", a", 1, "and a", 2]``, ..."""
+    words: Words = []
+    for i, c in enumerate(concepts):
+        words += ["a" if i == 0 else "and a" if i == len(concepts) - 1 else ", a", int(c)]
+    return words
+
+
+def noise_level_sigma(sigmas: torch.Tensor, level: float) -> torch.Tensor:
+    """The schedule's sigma at ``level`` of the way from least (0) to most noise (1)."""
+    ordered = sigmas.flatten().sort().values
+    return ordered[round(float(level) * (len(ordered) - 1))]
+
+
+def latent_masks(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """``[n, k, H, W]`` image masks -> ``[n, k, h, w]`` area fractions on the latent grid."""
+    return F.adaptive_avg_pool2d(masks.float(), latent_hw)
+
+
+def estimate_masks(
+    attention: torch.Tensor, images: torch.Tensor, settings: ConceptEMSettings
+) -> torch.Tensor:
+    """E-step: ``[n, k, H, W]`` max-normalised attention -> binary masks. Each pixel goes to the
+    concept whose (flattened) attention is highest above its map's background level, or to the
+    background where none reaches it; with ``settings.crf`` the labels are refined on ``images``
+    ``[n, 3, H, W]``."""
+    s = settings
+    temperature = s.crf.temperature if s.crf is not None else 0.05
+    scores = attention.clamp_min(0) ** s.attention_power
+    level = s.background_level
+    if level is None:  # each map's own split into object and rest, whatever its peakiness
+        scores, level = scores - otsu_levels(scores)[..., None, None], 0.0
+    probabilities = attention_probabilities_with_background(scores, level, temperature)
+    if s.crf is not None:
+        probabilities = dense_crf(probabilities, images.to(probabilities), s.crf)
+    winner = probabilities.argmax(1)
+    return torch.stack([(winner == c) for c in range(attention.shape[1])], 1).float()
+
+
+def concept_maps(maps: torch.Tensor, positions: dict[int, list[int]], concepts) -> torch.Tensor:
+    """``[n, len(concepts), h, w]``: the mean of each concept's token maps in ``[n, tokens, h, w]``."""
+    return torch.stack([maps[:, positions[c]].float().mean(1) for c in concepts], 1)
+
+
+def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
+    """Each ``[h, w]`` map divided by its maximum (Break-A-Scene's normalisation)."""
+    return maps / maps.flatten(-2).amax(-1).clamp_min(1e-8)[..., None, None]
+
+
+def mask_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of binary masks ``[..., H, W]`` (1 where both are empty)."""
+    inter = (a * b).flatten(-2).sum(-1)
+    union = ((a + b) > 0).float().flatten(-2).sum(-1)
+    return torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+
+
+class ConceptEM:
+    """One EM run over ``latents`` ``[n, c, h, w]`` (the images in the denoiser's latent space)."""
+
+    def __init__(
+        self,
+        denoiser: Denoiser,
+        text: ConceptText,
+        layers: Sequence[CrossAttentionLayer],
+        sigmas: torch.Tensor,
+        settings: ConceptEMSettings = ConceptEMSettings(),
+    ):
+        self.denoiser, self.text, self.layers = denoiser, text, list(layers)
+        self.sigmas = sigmas.flatten().sort().values
+        self.settings = settings
+
+    def run(
+        self,
+        latents: torch.Tensor,
+        images: torch.Tensor,
+        count: int,
+        init_word: str,
+        seed: int = 0,
+        initial_masks: torch.Tensor | None = None,
+        budget_seconds: float | None = None,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> ConceptEMResult:
+        """Learn ``count`` concepts from ``latents`` and the ``images`` ``[n, 3, H, W]`` (in [0, 1])
+        they encode, whose resolution the masks take. ``initial_masks`` ``[n, count, H, W]`` replace
+        the first, whole-image round's masks; ``on_step(done, total)`` is called after every optimiser step
+        (progress, cancellation); past ``budget_seconds`` the run ends with a last E-step."""
+        with torch.inference_mode(False):  # hosts run under inference mode: work on normal copies
+            self.sigmas = self.sigmas.clone()
+            x0 = latents.detach().float().clone()
+            masks = None if initial_masks is None else (initial_masks.detach().clone() > 0.5).float()
+            images = images.detach().float().clone()
+            return self._run(x0, images, count, init_word, seed, masks, budget_seconds, on_step)
+
+    def _run(self, x0, images, count, init_word, seed, masks, budget_seconds, on_step):
+        s = self.settings
+        generator = torch.Generator().manual_seed(int(seed))
+        deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
+        embeddings = self._initial(init_word, count, generator)
+        optimiser = torch.optim.Adam(list(embeddings.values()), lr=s.learning_rate)
+        total, done, history, stopped = s.warmup_steps + s.rounds * s.steps_per_round, 0, [], "rounds"
+        attention = None
+        for round_index in range(s.rounds + 1):
+            losses = []
+            for _ in range(s.steps_per_round if round_index else s.warmup_steps):
+                losses.append(
+                    self._m_step(x0, embeddings, masks if s.use_masks else None, optimiser, generator)
+                )
+                done += 1
+                if on_step is not None:
+                    on_step(done, total)
+                if deadline is not None and time.monotonic() > deadline:
+                    stopped = "budget"
+                    break
+            attention = self.attention(x0, embeddings, count, images.shape[-2:], generator)
+            estimate = estimate_masks(attention, images, s)
+            change = None if masks is None else float(mask_overlap(estimate, masks).min())
+            history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": change})
+            first_pass = masks is None
+            if first_pass or s.refine_masks:
+                masks = estimate
+            if stopped == "budget":
+                break
+            if change is not None and change >= s.stable_iou and s.refine_masks:
+                stopped = "stable"
+                break
+        return ConceptEMResult(
+            {k: v.detach().clone() for k, v in embeddings.items()},
+            estimate,
+            attention,
+            len(history),
+            stopped,
+            history,
+        )
+
+    def _initial(self, word: str, count: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        rows = {}
+        for key, start in self.text.initial_embeddings(word, count, self.settings.vectors).items():
+            start = start.detach().float()
+            scale = float(start.norm(dim=-1).mean().clamp_min(1e-3)) / start.shape[-1] ** 0.5
+            noise = torch.randn(start.shape, generator=generator) * scale * self.settings.init_noise
+            rows[key] = (start + noise.to(start.device)).requires_grad_(True)
+        return rows
+
+    def _m_step(self, x0, embeddings, masks, optimiser, generator) -> float:
+        s = self.settings
+        n, k = x0.shape[0], next(iter(embeddings.values())).shape[0]
+        size = int(torch.randint(1, k + 1, (1,), generator=generator))
+        subset = torch.randperm(k, generator=generator)[:size].tolist()
+        index = torch.randint(0, len(self.sigmas), (n,), generator=generator)
+        sigma = self.sigmas[index].to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+        with gradients_enabled():
+            cond, positions = self.text.encode(concept_words(subset), embeddings)
+            x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
+            store = AttentionStore(self.layers) if masks is not None else None
+            denoised = self.denoiser.denoise(x, sigma, cond, store)
+            eps = (x - denoised.float()) / sigma.reshape(-1, 1, 1, 1)
+            error = (eps - noise).pow(2).mean(1, keepdim=True)
+            if masks is None:
+                loss = error.mean()
+            else:
+                target = latent_masks(masks[:, subset], x0.shape[-2:])
+                union = target.amax(1, keepdim=True)
+                loss = (error * union).sum() / union.sum().clamp_min(1e-6)
+                maps = store.maps(size=tuple(x0.shape[-2:]))
+                tokens = normalise_maps(concept_maps(maps, positions, subset))
+                loss = loss + s.attention_weight * (tokens - target).pow(2).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        return float(loss.detach())
+
+    def attention(self, x0, embeddings, count: int, image_size, generator) -> torch.Tensor:
+        """Max-normalised attention ``[n, count, H, W]`` of every concept token on every image,
+        averaged over the probe noise levels, for the prompt naming all the concepts."""
+        with gradients_enabled(), torch.no_grad():
+            cond, positions = self.text.encode(concept_words(range(count)), embeddings)
+            total = 0
+            for level in self.settings.probe_noise_levels:
+                sigma = noise_level_sigma(self.sigmas, level).to(x0.device)
+                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+                store = AttentionStore(self.layers, stop_when_complete=False)
+                self.denoiser.denoise(x0 + sigma * noise, sigma.reshape(1), cond, store)
+                maps = store.maps(size=tuple(x0.shape[-2:]))
+                total = total + concept_maps(maps, positions, range(count))
+        maps = F.interpolate(total, size=tuple(image_size), mode="bilinear", align_corners=False)
+        return normalise_maps(maps.clamp_min(0)).cpu()
