@@ -25,8 +25,11 @@ class DemoModelSession:
         from spatial_control.models.comfy_builder import load_demo_model
         from spatial_control.models.demo_model import WEIGHTS_DIR
 
+        self.embeddings_dir = self.comfy.base_dir / "models" / "embeddings"  # read by embedding:<name>
         with torch.inference_mode():
-            self.model, self.clip, self.vae = load_demo_model(weights_dir or WEIGHTS_DIR)
+            self.model, self.clip, self.vae = load_demo_model(
+                weights_dir or WEIGHTS_DIR, [str(self.embeddings_dir)]
+            )
         self.nodes = self.comfy.node_classes
 
     def encode(self, captions: list[str]):

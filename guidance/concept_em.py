@@ -54,9 +54,9 @@ class ConceptEMSettings:
     warmup_steps: int = 600  # the first M-step: whole image (textual inversion) or the given masks
     rounds: int = 3  # masked M-steps after it; an E-step follows every M-step
     steps_per_round: int = 150
-    vectors: int = 1  # tokens per concept (multi-vector textual inversion)
-    learning_rate: float = 5e-3
-    attention_weight: float = 0.01  # Break-A-Scene's lambda
+    vectors: int = 2  # tokens per concept (multi-vector textual inversion); 2 found more than 1 or 4
+    learning_rate: float = 1e-2
+    attention_weight: float = 1.0  # Break-A-Scene's lambda is 0.01; here 1.0 kept the masks (train sets)
     use_masks: bool = True  # False: textual inversion (whole-image loss, no attention loss)
     refine_masks: bool = True  # False: masks from the first attention pass only
     background_level: float | None = None  # fixed level in [0, 1]; None: each map's Otsu level
@@ -190,7 +190,8 @@ class ConceptEM:
                 if deadline is not None and time.monotonic() > deadline:
                     stopped = "budget"
                     break
-            attention = self.attention(x0, embeddings, count, images.shape[-2:], generator)
+            probes = [torch.randn(x0.shape, generator=generator).to(x0.device) for _ in s.probe_noise_levels]
+            attention = self.attention(x0, embeddings, count, images.shape[-2:], probes)
             estimate = estimate_masks(attention, images, s)
             change = None if masks is None else float(mask_overlap(estimate, masks).min())
             history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": change})
@@ -249,15 +250,15 @@ class ConceptEM:
             optimiser.step()
         return float(loss.detach())
 
-    def attention(self, x0, embeddings, count: int, image_size, generator) -> torch.Tensor:
+    def attention(self, x0, embeddings, count: int, image_size, probes: list[torch.Tensor]) -> torch.Tensor:
         """Max-normalised attention ``[n, count, H, W]`` of every concept token on every image,
-        averaged over the probe noise levels, for the prompt naming all the concepts."""
+        averaged over the probe noise levels (``probes``: one noise per level), for the prompt
+        naming all the concepts."""
         with gradients_enabled(), torch.no_grad():
             cond, positions = self.text.encode(concept_words(range(count)), embeddings)
             total = 0
-            for level in self.settings.probe_noise_levels:
+            for level, noise in zip(self.settings.probe_noise_levels, probes, strict=True):
                 sigma = noise_level_sigma(self.sigmas, level).to(x0.device)
-                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
                 store = AttentionStore(self.layers, stop_when_complete=False)
                 self.denoiser.denoise(x0 + sigma * noise, sigma.reshape(1), cond, store)
                 maps = store.maps(size=tuple(x0.shape[-2:]))

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from scripts.comfy_headless import PACK_ROOT
+from scripts.comfy_server import EXAMPLE_INPUTS
 from scripts.workflow_format import WorkflowSpec
 
 WORKFLOWS_DIR = PACK_ROOT / "workflows"
@@ -162,13 +163,58 @@ def attention_masking() -> WorkflowSpec:
     return w
 
 
-SPECS = (text_to_image, attention_maps, region_guidance, attention_masking)
+CONCEPT_IMAGES = tuple(f"concept_example_{i + 1}.png" for i in range(3))
+
+
+def write_concept_images() -> None:
+    """The concept workflow's example images: three held-out shape-world scenes sharing two objects
+    (a yellow square and a blue cross), each with other objects beside them."""
+    from PIL import Image
+
+    from benchmarks.shape_world.generator import sample_concepts
+
+    concept_set = sample_concepts("test", 1, k=len(CONCEPT_IMAGES), n_concepts=2)
+    EXAMPLE_INPUTS.mkdir(parents=True, exist_ok=True)
+    for name, scene in zip(CONCEPT_IMAGES, concept_set.scenes, strict=True):
+        Image.fromarray(scene.image).save(EXAMPLE_INPUTS / name)
+
+
+def concepts() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_concepts")
+    model, negative, latent = _demo_model(w)
+    loaded = [w.node("LoadImage", (1, 0), f"Example {i + 1}", image=n) for i, n in enumerate(CONCEPT_IMAGES)]
+    pair = w.node("ImageBatch", (1, 0), "Batch", image1=loaded[0][0], image2=loaded[1][0])
+    batch = w.node("ImageBatch", (1, 0), "Batch", image1=pair[0], image2=loaded[2][0])
+    w.group("Images that share the concepts", *loaded, pair, batch)
+    learn = w.node(
+        "ConceptTokenEM", (2, 0), "Concept Token EM", images=batch[0], model=model[0], clip=model[1],
+        vae=model[2], concepts="my_shape_a, my_shape_b", overwrite=True,
+    )  # fmt: skip
+    masks = w.node(
+        "SaveImage", (2, 0), "Concept masks", images=learn[2], filename_prefix="shape_world/concept_masks"
+    )
+    w.group("Learn the concepts (tokens + masks)", learn, masks)
+    positive = w.node("CLIPTextEncode", (3, 0), "New prompt with both concepts", text=learn[3], clip=model[1])
+    nodes = _sampled(w, 3, model[0], positive[0], negative[0], latent[0], model[2], "concepts", "KSampler")
+    w.group("Use them in a prompt (stock nodes)", positive, *nodes)
+    w.note(
+        "Concept Token EM learns what the example images share: one embedding per concept, saved as "
+        "embeddings/<name>.safetensors, and its mask in every image. Write embedding:my_shape_a in any "
+        "prompt (the stock CLIP Text Encode reads it), here through the node's prompt output. Load your own "
+        "images and rename the concepts; overwrite is on so that the example can run again.",
+        (0, 0),
+    )
+    return w
+
+
+SPECS = (text_to_image, attention_maps, region_guidance, attention_masking, concepts)
 # The saved image (filename prefix) each workflow shows in the templates browser.
 THUMBNAILS = {
     "shape_world_text_to_image": "text_to_image",
     "shape_world_attention_maps": "attention_maps",
     "shape_world_region_guidance": "region_guidance",
     "shape_world_attention_masking": "masking_and_guidance",
+    "shape_world_concepts": "concepts",
 }
 
 
@@ -195,6 +241,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--thumbnails", action="store_true", help="run each workflow, save its last image")
     args = parser.parse_args()
+    write_concept_images()
     with ComfyServer(Path(tempfile.mkdtemp(prefix="build_workflows_"))) as server:
         info = server.object_info()
         graphs = build(info)

@@ -46,3 +46,22 @@ def test_region_guidance_figures_split_by_object_count():
     assert figures["size_error"] == (0.1 + 0.2 + 0.3 + 0.4) / 4  # objects not found do not count
     assert figures["by_objects"]["2"] == {"tasks": 1, "hit_rate": 0.5, "size_error": 0.1, "fidelity": 1.0}
     assert figures["by_objects"]["3"]["hit_rate"] == 2 / 3
+
+
+def test_concept_em_figures_score_true_masks_perfectly_and_distractor_masks_as_leakage():
+    import types
+
+    import numpy as np
+    import torch
+
+    from benchmarks.bench_concept_em import _distractor_masks, _set_figures
+    from benchmarks.shape_world.generator import sample_concepts
+
+    concept_set = sample_concepts("eval", 3, k=3, n_concepts=2)
+    distractors = _distractor_masks(concept_set)
+    truth = torch.tensor(np.array([[m > 0.5 for m in masks] for masks in concept_set.masks])).float()
+    perfect = _set_figures(concept_set, types.SimpleNamespace(masks=truth), distractors)
+    assert np.allclose(perfect["ious"], 1.0) and np.allclose(perfect["leaks"], 0.0)
+    absorbed = torch.tensor(np.array([[d, d] for d in distractors])).float()
+    leaky = _set_figures(concept_set, types.SimpleNamespace(masks=absorbed), distractors)
+    assert np.allclose(leaky["ious"], 0.0) and np.allclose(leaky["leaks"], 1.0)

@@ -155,12 +155,41 @@ def test_mask_count_must_match_images_times_concepts(comfy):
 
 
 def test_sdxl_key_layout_is_read_per_encoder_by_comfy(comfy, tmp_path):
-    import comfy.sd1_clip
+    import comfy.sd1_clip as sd1_clip
 
     from spatial_control.guidance.backends.comfy_concepts import save_embedding
 
     rows = {"clip_l": torch.randn(2, 768), "clip_g": torch.randn(2, 1280)}
     save_embedding(tmp_path / "sc_xl.safetensors", rows)
     for key, width in (("clip_l", 768), ("clip_g", 1280)):
-        loaded = comfy.sd1_clip.load_embed("sc_xl", [str(tmp_path)], width, key)
+        loaded = sd1_clip.load_embed("sc_xl", [str(tmp_path)], width, key)
         assert torch.equal(loaded, rows[key])
+
+
+def test_cancel_during_learning_stops_the_run_and_writes_no_embedding(comfy):
+    """Cancel as the page's button does (ComfyUI's interrupt flag), while the node reports progress."""
+    import comfy.model_management as model_management
+    import comfy.utils as comfy_utils
+    from comfy_execution.utils import get_executing_context
+
+    previous = comfy_utils.PROGRESS_BAR_HOOK
+    seen = []
+
+    def cancel_once_learning(value, total, preview, prompt_id=None, node_id=None):
+        previous(value, total, preview, prompt_id, node_id)
+        context = get_executing_context()
+        if context is not None and str(context.node_id) == "7":
+            seen.append(value)
+            model_management.interrupt_current_processing(True)
+
+    graph = _graph("sc_cancelled")
+    graph["7"]["inputs"]["warmup_steps"] = 50
+    comfy_utils.set_progress_bar_global_hook(cancel_once_learning)
+    try:
+        with pytest.raises(GraphError):
+            comfy.run(graph)
+    finally:
+        comfy_utils.set_progress_bar_global_hook(previous)
+        model_management.interrupt_current_processing(False)
+    assert seen and max(seen) < 50  # stopped at the next step, not at the end
+    assert not (comfy.base_dir / "models" / "embeddings" / "sc_cancelled.safetensors").exists()

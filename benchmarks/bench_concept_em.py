@@ -1,0 +1,142 @@
+"""Benchmark ``concept_em``: learn the concepts a few images share, then use them in prompts.
+
+Concept sets of the shape world's eval split (never used in training): 1-3 concepts (colour +
+shape pairs) shared by 3 or 4 images, each image with 1-3 distractor objects that a concept must
+not absorb. Every arm learns the same sets with the same seeds on the demo model through the
+pack's ComfyUI path (``learn_concepts``, as the node runs it), saves the embeddings and generates
+with them through the stock sampler (``embedding:<name>``, 20 steps DPM++ 2M Karras, CFG 4):
+
+- ``textual_inversion``: one token set per concept, whole-image loss, no masks, no attention loss.
+- ``first_pass``: masks estimated once from the tokens' attention after the first round, then kept.
+- ``em``: the defaults (masks re-estimated after every round until stable).
+
+Figures per arm: ``mask_iou`` (mean over concepts and images of the IoU of the concept's mask with
+the true mask), ``leakage`` (share of a concept's mask area lying on distractor objects),
+``fidelity`` (share of "a <concept>" images, several seeds, showing the concept's colour and shape),
+``composition`` (sets of 2+ concepts: share of "a <c1> and a <c2>" images showing both),
+``seconds_per_set`` and ``peak_ram_gb`` (the process's peak resident memory during the arm's runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.shape_world.generator import sample_concepts
+from benchmarks.shape_world.metrics import mask_iou, object_present
+
+SEED_BASE = 900_000
+SEEDS_PER_PROMPT = 4
+ARMS = ("textual_inversion", "first_pass", "em")
+
+
+def arm_settings(arm: str):
+    from spatial_control.guidance.concept_em import ConceptEMSettings
+
+    defaults = ConceptEMSettings()
+    return {
+        "textual_inversion": dataclasses.replace(defaults, use_masks=False),
+        "first_pass": dataclasses.replace(defaults, refine_masks=False),
+        "em": defaults,
+    }[arm]
+
+
+def _peak_rss_gb() -> float | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> None:
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+
+
+def _set_figures(concept_set, result, distractors) -> dict:
+    ious, leaks = [], []
+    for s, scene_masks in enumerate(concept_set.masks):
+        for c, truth in enumerate(scene_masks):
+            mask = result.masks[s, c].numpy() > 0.5
+            ious.append(mask_iou(mask, truth > 0.5))
+            leaks.append(float((mask & distractors[s]).sum()) / max(int(mask.sum()), 1))
+    return {"ious": ious, "leaks": leaks}
+
+
+def _distractor_masks(concept_set) -> list[np.ndarray]:
+    out = []
+    for scene in concept_set.scenes:
+        union = np.zeros(scene.image.shape[:2], bool)
+        for pair, mask in zip(scene.pairs, scene.masks, strict=True):
+            if pair not in concept_set.concepts:
+                union |= mask > 0.5
+        out.append(union)
+    return out
+
+
+def run(quick: bool = False, arms=ARMS) -> dict:
+    from benchmarks.comfy_generation import DemoModelSession
+
+    session = DemoModelSession()
+    from spatial_control.guidance.backends.comfy_concepts import learn_concepts, save_embedding
+
+    embeddings = session.embeddings_dir
+    n = 6 if quick else 50
+    sets = [sample_concepts("eval", SEED_BASE + i, k=3 + i % 2) for i in range(n)]
+    records = {
+        arm: {"ious": [], "leaks": [], "fidelity": [], "composition": [], "seconds": 0.0, "ram": 0.0}
+        for arm in arms
+    }
+    for i, concept_set in enumerate(sets):
+        images = torch.from_numpy(np.stack([s.image for s in concept_set.scenes])).float() / 255
+        with torch.inference_mode():
+            samples = session.vae.encode(images)
+        distractors = _distractor_masks(concept_set)
+        count = len(concept_set.concepts)
+        for arm in arms:  # arms take turns on each set, so drifts in the machine's speed hit all alike
+            _reset_peak_rss()
+            start = time.perf_counter()
+            with torch.inference_mode():
+                result = learn_concepts(
+                    session.model, session.clip, samples, images, count, "object", arm_settings(arm), seed=i
+                )
+            record = records[arm]
+            record["seconds"] += time.perf_counter() - start
+            record["ram"] = max(record["ram"], _peak_rss_gb() or 0.0)
+            figures = _set_figures(concept_set, result, distractors)
+            record["ious"] += figures["ious"]
+            record["leaks"] += figures["leaks"]
+            names = [f"bench_{arm}_{i}_{c}" for c in range(count)]
+            for c, name in enumerate(names):
+                rows = {k: v[c] for k, v in result.embeddings.items()}
+                save_embedding(embeddings / f"{name}.safetensors", rows, overwrite=True)
+            for c, name in enumerate(names):
+                generated, _ = session.generate(
+                    [f"a embedding:{name}"] * SEEDS_PER_PROMPT, seed=SEED_BASE + i
+                )
+                record["fidelity"] += [object_present(g, *concept_set.concepts[c]) for g in generated]
+            if count >= 2:
+                prompt = f"a embedding:{names[0]} and a embedding:{names[1]}"
+                generated, _ = session.generate([prompt] * SEEDS_PER_PROMPT, seed=SEED_BASE + i)
+                record["composition"] += [
+                    all(object_present(g, *pair) for pair in concept_set.concepts[:2]) for g in generated
+                ]
+    figures: dict = {"sets": n, "concepts": sum(len(s.concepts) for s in sets), "arms": {}}
+    for arm, record in records.items():
+        figures["arms"][arm] = {
+            "mask_iou": float(np.mean(record["ious"])),
+            "leakage": float(np.mean(record["leaks"])),
+            "fidelity": float(np.mean(record["fidelity"])),
+            "composition": float(np.mean(record["composition"])) if record["composition"] else None,
+            "seconds_per_set": record["seconds"] / n,
+            "peak_ram_gb": record["ram"],
+        }
+    return figures
