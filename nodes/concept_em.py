@@ -150,7 +150,15 @@ class ConceptTokenEM(io.ComfyNode):
                     step=10.0,
                     tooltip="Time limit: past it the run stops after a last mask estimate (0 = no limit).",
                 ),
-                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, tooltip="Same seed, same result."),
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=True,
+                    tooltip="Seed of the token initialisation, the noise and the steps: same seed, same "
+                    "result.",
+                ),
                 io.Boolean.Input(
                     "overwrite",
                     default=False,
