@@ -39,8 +39,8 @@ def parse_concept_names(text: str) -> list[str]:
     return [name.strip() for name in re.split(r"[,\n]", text) if name.strip()]
 
 
-def check_init_word(clip, word: str) -> None:
-    for key, _, tokenizer in clip_encoders(clip):
+def check_init_word(encoders, word: str) -> None:
+    for key, _, tokenizer in encoders:
         pieces = tokenizer.tokenizer.tokenize(word)
         if len(pieces) != 1:
             with blame_input(NODE, "init_word", ValueError):
@@ -50,7 +50,7 @@ def check_init_word(clip, word: str) -> None:
                 )
 
 
-def check_concept_names(clip, names: list[str], directories: list[str], overwrite: bool) -> None:
+def check_concept_names(encoders, names: list[str], directories: list[str], overwrite: bool) -> None:
     with blame_input(NODE, "concepts", ValueError):
         if not names:
             raise ValueError(
@@ -64,7 +64,7 @@ def check_concept_names(clip, names: list[str], directories: list[str], overwrit
                     f"{name!r} is not a usable embedding name: start with a letter, then letters, digits, "
                     "'_' or '-'"
                 )
-            for _, _, tokenizer in clip_encoders(clip):
+            for _, _, tokenizer in encoders:
                 if f"{name.lower()}</w>" in tokenizer.tokenizer.get_vocab():
                     raise ValueError(
                         f"{name!r} is already a word of the text encoder; a concept needs a name of its own "
@@ -197,8 +197,9 @@ class ConceptTokenEM(io.ComfyNode):
         directories = folder_paths.get_folder_paths("embeddings")
         names = parse_concept_names(concepts)
         with blame_input(NODE, "clip", UnknownTokenizerError):
-            check_concept_names(clip, names, directories, overwrite)
-            check_init_word(clip, init_word.strip())
+            encoders = clip_encoders(clip)
+        check_concept_names(encoders, names, directories, overwrite)
+        check_init_word(encoders, init_word.strip())
         n, height, width = images.shape[0], images.shape[1], images.shape[2]
         if n == 0:
             with blame_input(NODE, "images", ValueError):
