@@ -169,6 +169,11 @@ class AttentionStore:
         return total / len(self.maps_by_layer)
 
 
+def max_normalised(maps: torch.Tensor) -> torch.Tensor:
+    """Each ``[h, w]`` map of ``[..., h, w]`` divided by its maximum."""
+    return maps / maps.amax((-1, -2), keepdim=True).clamp_min(1e-8)
+
+
 def attention_probabilities(
     q: torch.Tensor, k: torch.Tensor, heads: int, bias: torch.Tensor | None = None
 ) -> torch.Tensor:

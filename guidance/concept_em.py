@@ -25,9 +25,10 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from .attention_store import AttentionStore, CrossAttentionLayer
+from .attention_store import AttentionStore, CrossAttentionLayer, max_normalised
 from .latent_gradient import Denoiser, gradients_enabled
 from .mask_refinement import CRFSettings, attention_probabilities_with_background, dense_crf, otsu_levels
+from .regions import resize_mask
 
 Words = list  # prompt pieces: text and concept indices, e.g. ["a", 0, "and a", 1]
 
@@ -91,11 +92,6 @@ def noise_level_sigma(sigmas: torch.Tensor, level: float) -> torch.Tensor:
     return ordered[round(float(level) * (len(ordered) - 1))]
 
 
-def latent_masks(masks: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
-    """``[n, k, H, W]`` image masks -> ``[n, k, h, w]`` area fractions on the latent grid."""
-    return F.adaptive_avg_pool2d(masks.float(), latent_hw)
-
-
 def estimate_masks(
     attention: torch.Tensor, images: torch.Tensor, settings: ConceptEMSettings
 ) -> torch.Tensor:
@@ -119,11 +115,6 @@ def estimate_masks(
 def concept_maps(maps: torch.Tensor, positions: dict[int, list[int]], concepts) -> torch.Tensor:
     """``[n, len(concepts), h, w]``: the mean of each concept's token maps in ``[n, tokens, h, w]``."""
     return torch.stack([maps[:, positions[c]].float().mean(1) for c in concepts], 1)
-
-
-def normalise_maps(maps: torch.Tensor) -> torch.Tensor:
-    """Each ``[h, w]`` map divided by its maximum (Break-A-Scene's normalisation)."""
-    return maps / maps.flatten(-2).amax(-1).clamp_min(1e-8)[..., None, None]
 
 
 def mask_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -239,11 +230,11 @@ class ConceptEM:
             if masks is None:
                 loss = error.mean()
             else:
-                target = latent_masks(masks[:, subset], x0.shape[-2:])
+                target = resize_mask(masks[:, subset], tuple(x0.shape[-2:]))
                 union = target.amax(1, keepdim=True)
                 loss = (error * union).sum() / union.sum().clamp_min(1e-6)
                 maps = store.maps(size=tuple(x0.shape[-2:]))
-                tokens = normalise_maps(concept_maps(maps, positions, subset))
+                tokens = max_normalised(concept_maps(maps, positions, subset))
                 loss = loss + s.attention_weight * (tokens - target).pow(2).mean()
             optimiser.zero_grad()
             loss.backward()
@@ -264,4 +255,4 @@ class ConceptEM:
                 maps = store.maps(size=tuple(x0.shape[-2:]))
                 total = total + concept_maps(maps, positions, range(count))
         maps = F.interpolate(total, size=tuple(image_size), mode="bilinear", align_corners=False)
-        return normalise_maps(maps.clamp_min(0)).cpu()
+        return max_normalised(maps.clamp_min(0)).cpu()

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .attention_store import max_normalised
 from .regions import resize_mask
 
 
@@ -73,17 +74,13 @@ def _projection_distance(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return (a.amax(-2) - m.amax(-2)).abs().mean(-1) + (a.amax(-1) - m.amax(-1)).abs().mean(-1)
 
 
-def _max_normalised(a: torch.Tensor) -> torch.Tensor:
-    return a / a.amax((-1, -2), keepdim=True).clamp_min(1e-8)
-
-
 def boxdiff_energy(
     maps: torch.Tensor, targets: Sequence[RegionTarget], top_fraction: float = 0.2
 ) -> torch.Tensor:
     total = maps.new_zeros(maps.shape[0])
     for target in targets:
         a, m = _token_maps(maps, target)
-        a = _max_normalised(a)
+        a = max_normalised(a)
         flat = a.flatten(-2)
         inside = m.flatten() >= 0.5
         inner = 1 - _top_mean(flat, inside, top_fraction)
@@ -99,7 +96,7 @@ def extent_energy(maps: torch.Tensor, targets: Sequence[RegionTarget]) -> torch.
     total = maps.new_zeros(maps.shape[0])
     for target in targets:
         a, m = _token_maps(maps, target)
-        total = total + target.weight * _projection_distance(_max_normalised(a), m).mean(1)
+        total = total + target.weight * _projection_distance(max_normalised(a), m).mean(1)
     return total
 
 
