@@ -222,3 +222,17 @@ def load_shape_clip(path: str | Path = DEFAULT_WEIGHTS, device: str | torch.devi
     )  # fmt: skip
     model.info = meta
     return model.to(device).eval()
+
+
+class ShapeCLIPScorer:
+    """A ShapeCLIP with the CLIP tokenizer behind the image-text scorer protocol of
+    ``guidance.region_proposer`` (unit features; ``encode_image`` differentiable)."""
+
+    def __init__(self, model: ShapeCLIP, tokenizer):
+        self.model, self.tokenizer = model, tokenizer
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.model.encode_text(tokenize(self.tokenizer, list(texts)))

@@ -58,3 +58,15 @@ def test_train_script_checkpoints_resumes_and_exports(tmp_path, module, extra):
     out = tmp_path / "model.safetensors"
     _, second = _train_twice(module, tmp_path / "work", out, *extra)
     assert out.is_file() and "exported" in second
+
+
+def test_train_anchor_vit_checkpoints_resumes_and_exports(tmp_path):
+    from spatial_control.models.anchor_vit import load_anchor_vit
+
+    out = tmp_path / "anchor_vit.safetensors"
+    _, second = _train_twice(
+        "scripts.train_anchor_vit", tmp_path / "work", out, "--batch-size", "2", "--eval-scenes", "4"
+    )
+    assert "exported" in second
+    vit, meta = load_anchor_vit(out)
+    assert meta["training"]["steps"] == 3 and set(meta["training"]["final_eval"]) >= {"object_recall"}

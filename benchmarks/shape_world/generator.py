@@ -29,7 +29,15 @@ from .vocabulary import (
 )
 
 SPLIT_IDS: dict[str, int] = {"train": 0, "eval": 1, "test": 2}
-STREAM_IDS: dict[str, int] = {"scene": 0, "layout": 1, "grounding": 2, "edit": 3, "concepts": 4}
+STREAM_IDS: dict[str, int] = {
+    "scene": 0,
+    "layout": 1,
+    "grounding": 2,
+    "edit": 3,
+    "concepts": 4,
+    "edit-reshape": 5,
+    "edit-remove": 6,
+}
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "between")
 
 _SQRT3 = math.sqrt(3.0)
@@ -457,10 +465,17 @@ class EditTask:
     change_mask: np.ndarray
     scene: Scene
     edited: Scene
+    kind: str = "recolour"  # or "reshape" / "remove" (see sample_edit_task)
+    new_shape: str = ""  # the shape after the edit ("" for a removal)
 
     @property
     def edited_image(self) -> np.ndarray:
         return self.edited.image
+
+    @property
+    def region_box(self) -> tuple[int, int, int, int] | None:
+        """The tight pixel box of everything the edit changes (``mask``)."""
+        return mask_box(self.mask)
 
 
 def sample_edit(split: str, index: int, min_objects: int = 1, max_objects: int = 4, **kwargs) -> EditTask:
@@ -482,7 +497,45 @@ def sample_edit(split: str, index: int, min_objects: int = 1, max_objects: int =
     objects[t] = replace(obj, colour=new)
     edited = render_scene(objects, scene.image.shape[0], scene.background)
     text = f"make the {ref} {new}"
-    return EditTask(text, phrase_target(scene, t), new, scene.masks[t], scene.coverages[t] > 0, scene, edited)
+    return EditTask(
+        text, phrase_target(scene, t), new, scene.masks[t], scene.coverages[t] > 0, scene, edited, "recolour",
+        obj.shape,
+    )  # fmt: skip
+
+
+EDIT_KINDS = ("recolour", "reshape", "remove")
+
+
+def sample_edit_task(split: str, index: int, kind: str, min_objects: int = 1, max_objects: int = 4, **kwargs):
+    """Edit task ``index`` of ``split`` of one ``kind``: "recolour" is :func:`sample_edit`; "reshape":
+    ``"turn the red circle into a square"`` (same colour, centre and extent; ``mask`` is the union of
+    the old and new shapes); "remove": ``"remove the blue cross"`` (the object is left out, the
+    background shows; ``mask`` is the object's)."""
+    if kind == "recolour":
+        return sample_edit(split, index, min_objects, max_objects, **kwargs)
+    if kind not in EDIT_KINDS:
+        raise ValueError(f"unknown edit kind {kind!r}; expected one of {EDIT_KINDS}")
+    rng = split_rng(split, index, f"edit-{kind}")
+    scene = sample_scene(rng, int(rng.integers(min_objects, max_objects + 1)), **kwargs)
+    t = int(rng.integers(len(scene.objects)))
+    obj = scene.objects[t]
+    objects = list(scene.objects)
+    size = scene.image.shape[0]
+    if kind == "reshape":
+        shapes = [s for s in SHAPES if s != obj.shape and (obj.colour, s) not in scene.pairs]
+        new_shape = shapes[rng.integers(len(shapes))]
+        objects[t] = replace(obj, shape=new_shape)
+        text = f"turn the {phrase(obj.colour, obj.shape)} into a {new_shape}"
+    else:
+        new_shape = ""
+        del objects[t]
+        text = f"remove the {phrase(obj.colour, obj.shape)}"
+    edited = render_scene(objects, size, scene.background)
+    mask, change = scene.masks[t].copy(), scene.coverages[t] > 0
+    if kind == "reshape":
+        mask |= edited.masks[t]
+        change |= edited.coverages[t] > 0
+    return EditTask(text, phrase_target(scene, t), obj.colour, mask, change, scene, edited, kind, new_shape)
 
 
 @dataclass(frozen=True, eq=False)

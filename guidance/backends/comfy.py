@@ -345,7 +345,18 @@ def with_latent_guidance(
 def loaded_denoiser(model_patcher, conditioning, latent_shape, seed: int = 0):
     """For use outside a sampler: load the MODEL, process CONDITIONING for a latent of
     ``latent_shape`` and yield ``(denoiser, cond)``; unloads additional models afterwards."""
-    conds = {"positive": comfy.sampler_helpers.convert_cond(conditioning)}
+    with loaded_denoiser_conds(model_patcher, {"positive": conditioning}, latent_shape, seed) as (
+        denoiser,
+        conds,
+    ):
+        yield denoiser, conds["positive"]
+
+
+@contextmanager
+def loaded_denoiser_conds(model_patcher, conditionings: dict, latent_shape, seed: int = 0):
+    """``loaded_denoiser`` for several CONDITIONINGs (e.g. ``{"positive": ..., "negative": ...}``):
+    yields ``(denoiser, {name: cond})``."""
+    conds = {name: comfy.sampler_helpers.convert_cond(c) for name, c in conditionings.items()}
     model_options = model_patcher.model_options
     real_model, conds, loaded = comfy.sampler_helpers.prepare_sampling(
         model_patcher, latent_shape, conds, model_options
@@ -355,7 +366,7 @@ def loaded_denoiser(model_patcher, conditioning, latent_shape, seed: int = 0):
         device = model_patcher.load_device
         noise = torch.zeros(latent_shape, device=device)
         conds = comfy.samplers.process_conds(real_model, noise, conds, device, None, None, seed)
-        yield ComfyDenoiser(real_model, model_options), conds["positive"]
+        yield ComfyDenoiser(real_model, model_options), conds
     finally:
         model_patcher.cleanup()
         comfy.sampler_helpers.cleanup_models(conds, loaded)

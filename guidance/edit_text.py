@@ -1,0 +1,64 @@
+"""Edit instructions as users type them, split into what the region shows now and what it should show.
+
+"make the circle green" -> source "circle", target "green circle"; "turn the red circle into a square" ->
+"red circle" -> "red square"; "remove the blue cross" -> "blue cross" -> "" (background); anything else
+is taken as the target description itself ("a green circle"), with the source from the node's optional
+source text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_ARTICLE = r"(?:(?:a|an|the)\s+)?"
+_PATTERNS = (
+    ("remove", re.compile(rf"^(?:remove|delete|erase)\s+{_ARTICLE}(?P<source>.+)$")),
+    (
+        "replace",
+        re.compile(rf"^(?:turn|change)\s+{_ARTICLE}(?P<source>.+?)\s+(?:into|to)\s+{_ARTICLE}(?P<new>.+)$"),
+    ),
+    ("replace", re.compile(rf"^replace\s+{_ARTICLE}(?P<source>.+?)\s+(?:with|by)\s+{_ARTICLE}(?P<new>.+)$")),
+    ("replace", re.compile(rf"^make\s+{_ARTICLE}(?P<source>.+?)\s+(?:a|an)\s+(?P<new>.+)$")),
+    ("recolour", re.compile(rf"^make\s+{_ARTICLE}(?P<source>.+?)\s+(?P<new>\S+)$")),
+)
+
+
+@dataclass(frozen=True)
+class EditRequest:
+    """``kind`` is "recolour" / "replace" / "remove" / "describe" (free text); ``source`` is the phrase
+    of what is there now ("" if unknown), ``target`` what the region should show ("" for background)."""
+
+    kind: str
+    source: str
+    target: str
+
+    @property
+    def prompt(self) -> str:
+        """What an editor generates in the region: the target with an article ("a green circle"), the
+        user's own words for a free description, nothing (background) for a removal."""
+        if self.kind == "describe" or not self.target:
+            return self.target
+        return f"a {self.target}"
+
+
+def parse_edit(text: str, source_text: str = "") -> EditRequest:
+    """The edit request of ``text``; a non-empty ``source_text`` replaces the parsed source phrase.
+    Raises ValueError on an empty text."""
+    clean = " ".join(text.strip().rstrip(".!").split())
+    if not clean:
+        raise ValueError("the edit text is empty; write what to change, e.g. 'make the circle green'")
+    for kind, pattern in _PATTERNS:
+        match = pattern.match(clean.lower())
+        if match is None:
+            continue
+        source = match["source"]
+        if kind == "remove":
+            target = ""
+        elif kind == "recolour":
+            target = f"{match['new']} {source.split()[-1]}"
+        else:
+            new = match["new"]
+            target = " ".join(source.split()[:-1] + [new]) if len(new.split()) == 1 else new
+        return EditRequest(kind, source_text.strip() or source, target)
+    return EditRequest("describe", source_text.strip(), clean)
