@@ -9,6 +9,7 @@ from .concept_em import ConceptTokenEM
 from .demo_model import ShapeWorldDemoModel
 from .guided_sampler import RegionGuidedKSampler, RegionGuider
 from .region_guidance import RegionBackwardGuidance
+from .region_proposer import RegionProposer
 from .regions import RegionFromBox, RegionFromMask
 
 NODES: list[type[io.ComfyNode]] = [
@@ -21,6 +22,7 @@ NODES: list[type[io.ComfyNode]] = [
     RegionGuider,
     RegionGuidedKSampler,
     ConceptTokenEM,
+    RegionProposer,
 ]
 
 

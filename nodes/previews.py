@@ -24,3 +24,33 @@ def regions_overlay(masks: torch.Tensor, image: torch.Tensor | None = None) -> t
         alpha = 0.75 * mask[..., None]
         out = out * (1 - alpha) + colour * alpha
     return out.clamp(0, 1)[None]
+
+
+def _outline(image: torch.Tensor, box, colour, width: int) -> None:
+    """Draw the fractional ``box`` into ``image [H, W, 3]`` in place."""
+    h, w = image.shape[:2]
+    x0, y0 = int(box[0] * w), int(box[1] * h)
+    x1, y1 = max(x0 + 1, int(round(box[2] * w))), max(y0 + 1, int(round(box[3] * h)))
+    c = torch.tensor(colour, dtype=image.dtype)
+    image[y0 : min(y0 + width, y1), x0:x1] = c
+    image[max(y1 - width, y0) : y1, x0:x1] = c
+    image[y0:y1, x0 : min(x0 + width, x1)] = c
+    image[y0:y1, max(x1 - width, x0) : x1] = c
+
+
+def proposal_preview(image: torch.Tensor, proposal) -> torch.Tensor:
+    """``[1, H, 2W, 3]``: ``image [H, W, 3]`` with the proposal's anchors (white dots), each anchor's most
+    likely region (thin, grey) and the chosen region (green, or red when nothing relevant was found),
+    beside the chosen region's trial edit."""
+    h, w = image.shape[:2]
+    left = image.clone()
+    thin = max(1, min(h, w) // 128)
+    sizes = proposal.probabilities.shape[1]
+    for a, s in enumerate(proposal.probabilities.argmax(1).tolist()):
+        _outline(left, proposal.candidates[a * sizes + s].tolist(), (0.6, 0.6, 0.6), thin)
+    _outline(left, proposal.box, (0.1, 0.9, 0.2) if proposal.found else (0.95, 0.1, 0.1), 2 * thin)
+    for x, y in proposal.anchors.tolist():
+        cx, cy = min(int(x * w), w - 1), min(int(y * h), h - 1)
+        left[max(cy - thin, 0) : cy + thin + 1, max(cx - thin, 0) : cx + thin + 1] = 1.0
+    edited = proposal.edited.movedim(0, -1).float().cpu()
+    return torch.cat([left, edited], 1).clamp(0, 1)[None]

@@ -207,7 +207,63 @@ def concepts() -> WorkflowSpec:
     return w
 
 
-SPECS = (text_to_image, attention_maps, region_guidance, attention_masking, concepts)
+EDIT_IMAGE = "edit_example.png"
+EDIT_TASK = ("test", 0, "recolour")  # sample_edit_task arguments of the region-edit example
+
+
+def write_edit_image() -> None:
+    """The region-edit workflow's example image: a held-out shape-world edit task's scene."""
+    from PIL import Image
+
+    from benchmarks.shape_world.generator import sample_edit_task
+
+    EXAMPLE_INPUTS.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(sample_edit_task(*EDIT_TASK).scene.image).save(EXAMPLE_INPUTS / EDIT_IMAGE)
+
+
+def region_edit() -> WorkflowSpec:
+    from benchmarks.shape_world.generator import sample_edit_task
+
+    w = WorkflowSpec("shape_world_region_edit")
+    model = w.node("ShapeWorldDemoModel", (0, 0), "Shape World Demo Model")
+    negative = w.node("CLIPTextEncode", (0, 0), "Negative prompt (empty)", text="", clip=model[1])
+    w.group("Model", model, negative)
+    image = w.node("LoadImage", (1, 0), "Image to edit", image=EDIT_IMAGE)
+    proposer = w.node(
+        "RegionProposer", (1, 0), "Region Proposer", image=image[0], model=model[0], clip=model[1],
+        vae=model[2], edit_text=sample_edit_task(*EDIT_TASK).text,
+    )  # fmt: skip
+    proposal = w.node(
+        "SaveImage", (2, 0), "Proposal", images=proposer[3], filename_prefix="shape_world/region_proposal"
+    )
+    w.group("Find the region the text is about (no mask drawn)", image, proposer, proposal)
+    encoded = w.node("VAEEncode", (2, 0), "VAE Encode", pixels=image[0], vae=model[2])
+    masked = w.node(
+        "SetLatentNoiseMask", (2, 0), "Edit inside the region", samples=encoded[0], mask=proposer[0]
+    )
+    positive = w.node("CLIPTextEncode", (3, 0), "What goes there", text=proposer[4], clip=model[1])
+    sampler = w.node(
+        "KSampler", (3, 0), "KSampler (denoise 0.6 recolours, ~0.9 reshapes or removes)", model=model[0],
+        positive=positive[0], negative=negative[0], latent_image=masked[0], seed=7, denoise=0.6, **SAMPLING,
+    )  # fmt: skip
+    decoded = w.node("VAEDecode", (4, 0), "VAE Decode", samples=sampler[0], vae=model[2])
+    pasted = w.node(
+        "ImageCompositeMasked", (4, 0), "Keep every pixel outside the region", destination=image[0],
+        source=decoded[0], x=0, y=0, resize_source=False, mask=proposer[0],
+    )  # fmt: skip
+    save = w.node("SaveImage", (4, 0), "Edited", images=pasted[0], filename_prefix="shape_world/region_edit")
+    w.group("Edit there (stock inpainting nodes)", encoded, masked, positive, sampler, decoded, pasted, save)
+    w.note(
+        "Region Proposer reads the edit text ('make the X Y', 'turn the X into a Y', 'remove the X'), finds "
+        "the region it is about (anchors from a self-supervised ViT, candidate boxes edited once each by the "
+        "model, a region network trained on this image with CLIP losses) and outputs its mask and the "
+        "prompt for it. The stock nodes then edit only there. Load your own image and write your edit.",
+        (0, 0),
+    )
+    return w
+
+
+SPECS = (text_to_image, attention_maps, region_guidance, attention_masking, concepts, region_edit)
 # The saved image (filename prefix) each workflow shows in the templates browser.
 THUMBNAILS = {
     "shape_world_text_to_image": "text_to_image",
@@ -215,6 +271,7 @@ THUMBNAILS = {
     "shape_world_region_guidance": "region_guidance",
     "shape_world_attention_masking": "masking_and_guidance",
     "shape_world_concepts": "concepts",
+    "shape_world_region_edit": "region_edit",
 }
 
 
@@ -242,6 +299,7 @@ def main() -> None:
     parser.add_argument("--thumbnails", action="store_true", help="run each workflow, save its last image")
     args = parser.parse_args()
     write_concept_images()
+    write_edit_image()
     with ComfyServer(Path(tempfile.mkdtemp(prefix="build_workflows_"))) as server:
         info = server.object_info()
         graphs = build(info)

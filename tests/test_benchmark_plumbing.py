@@ -65,3 +65,18 @@ def test_concept_em_figures_score_true_masks_perfectly_and_distractor_masks_as_l
     absorbed = torch.tensor(np.array([[d, d] for d in distractors])).float()
     leaky = _set_figures(concept_set, types.SimpleNamespace(masks=absorbed), distractors)
     assert np.allclose(leaky["ious"], 0.0) and np.allclose(leaky["leaks"], 1.0)
+
+
+def test_region_proposer_scores_the_true_edit_as_success_and_summarises_per_kind():
+    from benchmarks.bench_region_proposer import edit_succeeded, summarise
+    from benchmarks.shape_world.generator import EDIT_KINDS, sample_edit_task
+
+    for kind in EDIT_KINDS:
+        task = sample_edit_task("test", 2, kind)
+        assert edit_succeeded(task, task.edited_image), kind
+        assert not edit_succeeded(task, task.scene.image), kind
+    rows = [{"kind": k, "region_iou": 1.0 if k == "remove" else 0.5, "edit_success": True, "psnr_outside": 40.0,
+             "seconds": 1.0} for k in EDIT_KINDS]  # fmt: skip
+    figures = summarise(rows)
+    assert figures["remove"]["region_iou"] == 1.0 and figures["region_iou"] == round(2 / 3, 3)
+    assert figures["share_30db"] == 1.0

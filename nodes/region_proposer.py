@@ -1,0 +1,241 @@
+"""RegionProposer: the region an edit text is about, with no mask from the user.
+
+Lin et al., "Text-Driven Image Editing via Learnable Regions" (arXiv 2311.16432): anchors from a
+self-supervised ViT's [CLS] attention, candidate boxes around them, a region network trained on this
+image with CLIP losses on the edited result (``guidance/region_proposer.py``). The editor in the loop is
+the connected MODEL (masked denoising), so it works on any checkpoint. The MASK feeds the stock
+inpainting path (SetLatentNoiseMask / VAEEncodeForInpaint + KSampler) and RegionBackwardGuidance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import comfy.model_management
+import comfy.sd1_clip
+import comfy.utils
+from comfy_api.latest import io, ui
+
+from ..guidance.backends.comfy_regions import propose_edit_region
+from ..guidance.edit_text import parse_edit
+from ..guidance.errors import UnsupportedModelError
+from ..guidance.region_proposer import BudgetError, ProposerSettings
+from ..guidance.regions import Region, box_mask
+from ..models.anchor_vit import load_anchor_vit, load_vit_folder
+from ..models.clip_scorer import load_clip_folder
+from ..models.shape_clip import ShapeCLIPScorer, load_shape_clip
+from ..models.text_encoder import load_clip_tokenizer
+from .errors import blame_input
+from .previews import proposal_preview
+from .types import Regions
+
+NODE = "RegionProposer"
+DEFAULTS = ProposerSettings()
+MIN_LATENT_SIDE, MAX_LATENT_SIDE = 8, 512
+
+
+def _anchor_vit(folder: str):
+    if not folder.strip():
+        return load_anchor_vit()[0]
+    with blame_input(NODE, "vit_folder", FileNotFoundError, ValueError):
+        return load_vit_folder(Path(folder.strip()))
+
+
+def _scorer(folder: str):
+    if not folder.strip():
+        tokenizer = load_clip_tokenizer(Path(os.path.dirname(comfy.sd1_clip.__file__)) / "sd1_tokenizer")
+        return ShapeCLIPScorer(load_shape_clip(), tokenizer)
+    with blame_input(NODE, "clip_folder", FileNotFoundError, ValueError, OSError):
+        return load_clip_folder(Path(folder.strip()))
+
+
+class RegionProposer(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="Region Proposer",
+            category="spatial_control/editing",
+            description="Finds the region that an edit text is about ('make the circle green'), with no "
+            "mask: anchor points from a self-supervised ViT, candidate boxes around them, each edited once "
+            "by the connected model, and a region network trained on this image with CLIP losses picks one. "
+            "Connect the mask to SetLatentNoiseMask + KSampler (or RegionBackwardGuidance) to edit there.",
+            inputs=[
+                io.Image.Input("image", tooltip="The image to edit (the first of a batch is used)."),
+                io.String.Input(
+                    "edit_text",
+                    default="make the circle green",
+                    tooltip="The edit: 'make the circle green', 'turn the red circle into a square', "
+                    "'remove the blue cross', or a description of the new content ('a green circle').",
+                ),
+                io.Model.Input("model", tooltip="The diffusion model: it edits every candidate region."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the edit prompt."),
+                io.Vae.Input("vae", tooltip="The VAE of the same checkpoint."),
+                io.String.Input(
+                    "source_text",
+                    default="",
+                    tooltip="Optional: what the region shows now ('red circle'); replaces what is read from "
+                    "the edit text. Needed for a free description.",
+                ),
+                io.Int.Input(
+                    "anchors",
+                    default=DEFAULTS.anchors,
+                    min=1,
+                    max=32,
+                    tooltip="Anchor points taken from the ViT's attention (candidate boxes are centred on "
+                    "them).",
+                ),  # fmt: skip
+                io.Int.Input(
+                    "iterations",
+                    default=DEFAULTS.iterations,
+                    min=1,
+                    max=2000,
+                    tooltip="Adam steps of the region network on this image.",
+                ),  # fmt: skip
+                io.Int.Input(
+                    "edit_steps",
+                    default=8,
+                    min=1,
+                    max=100,
+                    tooltip="Denoising steps of each candidate's trial edit.",
+                ),  # fmt: skip
+                io.Float.Input(
+                    "edit_strength",
+                    default=0.55,
+                    min=0.05,
+                    max=1.0,
+                    step=0.05,
+                    tooltip="How much of the schedule each trial edit re-noises (like KSampler's denoise): "
+                    "about 0.5 keeps the shape and changes colour; reshaping needs more.",
+                ),  # fmt: skip
+                io.Float.Input(
+                    "cfg", default=4.0, min=1.0, max=30.0, step=0.5, tooltip="CFG of the trial edits."
+                ),
+                io.Float.Input(
+                    "budget_seconds",
+                    default=120.0,
+                    min=0.0,
+                    max=3600.0,
+                    step=5.0,
+                    tooltip="Time limit (0 = none): the trial edits must fit in it; the network's training "
+                    "stops when it is spent.",
+                ),  # fmt: skip
+                io.Int.Input(
+                    "seed",
+                    default=0,
+                    min=0,
+                    max=2**31 - 1,
+                    control_after_generate=True,
+                    tooltip="Seed of the trial edits and of the region network: same seed, same region.",
+                ),  # fmt: skip
+                io.Float.Input(
+                    "min_relevance",
+                    default=DEFAULTS.min_relevance,
+                    min=0.0,
+                    max=1.0,
+                    step=0.01,
+                    tooltip="Below this CLIP similarity between the chosen region and what the text names, "
+                    "the node reports that the image holds nothing of it (it depends on the CLIP: about 0.6 "
+                    "for the pack's shape-world CLIP, about 0.2 for a real CLIP).",
+                ),  # fmt: skip
+                io.String.Input(
+                    "vit_folder",
+                    default="",
+                    optional=True,
+                    tooltip="Optional folder of a real self-supervised ViT (timm or transformers, "
+                    "config.json + model.safetensors, e.g. DINO ViT-B/8). Empty: the pack's shape-world ViT.",
+                ),
+                io.String.Input(
+                    "clip_folder",
+                    default="",
+                    optional=True,
+                    tooltip="Optional folder of a real CLIP (transformers CLIPModel) for the losses. "
+                    "Empty: the pack's shape-world CLIP.",
+                ),
+            ],
+            outputs=[
+                io.Mask.Output(display_name="mask", tooltip="The chosen region (white = edit here)."),
+                io.String.Output(
+                    display_name="box", tooltip="The region as JSON [x0, y0, x1, y1] in pixels."
+                ),
+                Regions.Output(display_name="regions", tooltip="The region, with the edit's target phrase."),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="Anchors (white), each anchor's box (thin) and the chosen region (green), beside "
+                    "the trial edit of that region.",
+                ),
+                io.String.Output(
+                    display_name="prompt",
+                    tooltip="What to generate in the region ('a green circle'; empty for a removal): connect "
+                    "it to the edit's CLIP Text Encode.",
+                ),
+            ],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(
+        cls, image, edit_text, model, clip, vae, source_text, anchors, iterations, edit_steps, edit_strength,
+        cfg, budget_seconds, seed, min_relevance, vit_folder="", clip_folder="",
+    ) -> io.NodeOutput:  # fmt: skip
+        with blame_input(NODE, "edit_text", ValueError):
+            request = parse_edit(edit_text, source_text)
+            if request.kind == "describe" and not request.source:
+                raise ValueError(
+                    f"{edit_text!r} does not say what to change; write 'make the <thing> <new look>' or give "
+                    "source_text (what the region shows now)"
+                )
+        if image.shape[0] == 0:
+            with blame_input(NODE, "image", ValueError):
+                raise ValueError("the batch is empty: connect an image")
+        image = image[:1]
+        height, width = image.shape[1:3]
+        settings = replace(DEFAULTS, anchors=anchors, iterations=iterations, min_relevance=min_relevance)
+        vit, scorer = _anchor_vit(vit_folder or ""), _scorer(clip_folder or "")
+        progress = comfy.utils.ProgressBar(anchors * len(settings.box_sizes) + iterations)
+
+        def on_step(done: int, total: int) -> None:
+            progress.update_absolute(done, total)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        with blame_input(NODE, "image", ValueError):
+            check_image_size(vae, height, width)
+        with (
+            blame_input(NODE, "model", UnsupportedModelError),
+            blame_input(NODE, "budget_seconds", BudgetError),
+        ):
+            proposal = propose_edit_region(
+                model, clip, vae, image, request, vit, scorer, settings, request.prompt, edit_steps,
+                edit_strength, cfg, seed, budget_seconds or None, on_step,
+            )  # fmt: skip
+        preview = proposal_preview(image[0, ..., :3].float().cpu(), proposal)
+        if not proposal.found:
+            with blame_input(NODE, "edit_text", ValueError):
+                raise ValueError(
+                    f"found nothing in the image that looks like {request.source!r} (best relevance "
+                    f"{proposal.relevance:.2f}, below {settings.min_relevance}); name something the image "
+                    "shows"
+                )
+        mask = box_mask(proposal.box, height, width)
+        x0, y0, x1, y1 = proposal.box
+        box = json.dumps([round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)])
+        region = Region(request.target or request.source, mask, 1.0, proposal.box)
+        return io.NodeOutput(
+            mask[None], box, (region,), preview, request.prompt, ui=ui.PreviewImage(preview, cls=cls)
+        )
+
+
+def check_image_size(vae, height: int, width: int) -> None:
+    """An image whose latent would be tiny or huge is refused (the trial edits would be meaningless or
+    take hours)."""
+    factor = getattr(vae, "downscale_ratio", 8)
+    factor = factor if isinstance(factor, int) else 8
+    sides = (height // factor, width // factor)
+    if min(sides) < MIN_LATENT_SIDE or max(sides) > MAX_LATENT_SIDE:
+        raise ValueError(
+            f"is {width}x{height}: its latent would be {sides[1]}x{sides[0]}, outside "
+            f"{MIN_LATENT_SIDE}-{MAX_LATENT_SIDE} per side; resize it (ImageScale) near the model's own size"
+        )
