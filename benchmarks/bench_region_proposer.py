@@ -4,7 +4,8 @@ Edit tasks of the shape world's test split (never used in training or tuning): r
 circle green"), reshape ("turn the red circle into a square"), remove ("remove the blue cross"), the
 same number of each. Every arm proposes a region on the demo model; then the same edit runs through
 stock nodes (VAEEncode, SetLatentNoiseMask with the region's box, KSampler 20 steps DPM++ 2M Karras,
-CFG 4, VAEDecode, ImageCompositeMasked into the original):
+CFG 4, VAEDecode, ImageCompositeMasked into the original), the model guided by RegionBackwardGuidance
+(defaults) to put the target phrase in the region (not for a removal):
 
 - ``whole_image``: the whole image is the region (no proposal).
 - ``random_rerank``: what the released Learnable Regions code does in effect: one random box size per
@@ -33,7 +34,7 @@ from benchmarks.shape_world.metrics import box_iou, local_accuracy, object_prese
 ARMS = ("whole_image", "random_rerank", "cross_attention", "ours")
 # The final (stock) edit's denoise: enough to recolour while keeping the shape; reshaping and removing
 # need the region regenerated.
-FINAL_DENOISE = {"recolour": 0.6, "reshape": 0.9, "remove": 0.9}
+FINAL_DENOISE = {"recolour": 0.6, "reshape": 0.8, "remove": 0.9}
 PSNR_CAP = 60.0
 SEED_BASE = 700_000
 
@@ -103,18 +104,36 @@ class Proposers:
         return (0.0, 0.0, 1.0, 1.0)
 
 
-def final_edit(session, image, box, prompt: str, denoise: float, seed: int) -> np.ndarray:
-    """The stock inpainting path with the region's box: uint8 ``[H, W, 3]``."""
+def guided_model(session, prompt: str, phrase: str, mask, box):
+    """The MODEL patched by RegionBackwardGuidance (its defaults) to put ``phrase`` in the region."""
+    from spatial_control.guidance.regions import Region
+
+    node = session.nodes["RegionBackwardGuidance"]
+    defaults = {
+        i.id: i.default
+        for i in node.define_schema().inputs
+        if i.id != "prompt" and getattr(i, "default", None) is not None
+    }
+    region = Region(phrase, mask[0], 1.0, tuple(box))
+    return node.execute(session.model, session.clip, (region,), prompt, **defaults).result[0]
+
+
+def final_edit(session, image, box, request, denoise: float, seed: int) -> np.ndarray:
+    """The stock inpainting path with the region's box, the model guided to put the target phrase
+    there (RegionBackwardGuidance, as the proposer's REGIONS feed it; a removal has no phrase):
+    uint8 ``[H, W, 3]``."""
     from spatial_control.guidance.regions import box_mask
 
     nodes = session.nodes
     h, w = image.shape[1:3]
     mask = box_mask(box, h, w)[None]
+    prompt = request.prompt
+    model = guided_model(session, prompt, request.target, mask, box) if request.target else session.model
     (latent,) = nodes["VAEEncode"]().encode(session.vae, image)
     (latent,) = nodes["SetLatentNoiseMask"]().set_mask(latent, mask)
     positive, negative = session.encode([prompt]), session.encode([""])
     (out,) = nodes["KSampler"]().sample(
-        session.model, seed, 20, 4.0, "dpmpp_2m", "karras", positive, negative, latent, denoise=denoise
+        model, seed, 20, 4.0, "dpmpp_2m", "karras", positive, negative, latent, denoise=denoise
     )
     (decoded,) = nodes["VAEDecode"]().decode(session.vae, out)
     (composite,) = nodes["ImageCompositeMasked"]().composite(image, decoded, 0, 0, False, mask)
@@ -147,7 +166,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
                 box = getattr(proposers, arm)(image, request, seed)
             seconds = time.perf_counter() - start
             with torch.inference_mode():
-                edited = final_edit(session, image, box, request.prompt, FINAL_DENOISE[kind], seed)
+                edited = final_edit(session, image, box, request, FINAL_DENOISE[kind], seed)
             records[arm].append({
                 "kind": kind, "task": i, "text": task.text, "box": [round(v, 4) for v in box],
                 "region_iou": float(box_iou(box, true_box)),

@@ -55,11 +55,11 @@ class ProposerSettings:
     lr: float = 5e-3  # the paper's Adam rate
     temperature: float = 1.0
     # Weights measured on train-split edit tasks (docs/region_proposer.md): the relevance term ranks
-    # regions best and guidance and direction add to it. The structure term is off: it rewards an edit
-    # that changed only part of the object (a region is where its edit changed the image), which cost
-    # region IoU at every weight tried.
-    guidance_weight: float = 0.25
-    direction_weight: float = 0.25
+    # regions best; guidance and direction add a little for recolouring and cost more beyond 0.1. The
+    # structure term is off: it rewards an edit that changed only part of the object (a region is
+    # where its edit changed the image), which cost region IoU at every weight tried.
+    guidance_weight: float = 0.1
+    direction_weight: float = 0.1
     relevance_weight: float = 1.0
     structure_weight: float = 0.0
     crop_margin: float = 0.15  # of the box side, each way, for the scorer's crops
@@ -136,20 +136,22 @@ def edit_losses(
     settings: ProposerSettings,
     crop_size: int = 64,
 ) -> dict[str, torch.Tensor]:
-    """Each loss per composite ``[n, 3, H, W]`` of ``image [1, 3, H, W]`` with its crop box ``[n, 4]``."""
+    """Each loss per composite ``[n, 3, H, W]`` of ``image [1, 3, H, W]`` with its crop box ``[n, 4]``.
+    A term without its text is zero: guidance and direction without a target (a removal, unless
+    ``background_text`` says what should show), direction and relevance without a source."""
     target = request.target or settings.background_text
-    texts = scorer.encode_text([target, request.source or target])
+    zeros = torch.zeros(len(composites), device=composites.device)
+    texts = scorer.encode_text([target or request.source, request.source or target])
     after = scorer.encode_image(crop_boxes(composites, crops, crop_size))
     before = scorer.encode_image(crop_boxes(image, crops, crop_size))
     change = F.normalize(after - before, dim=-1, eps=1e-6)
     direction = F.normalize(texts[0] - texts[1], dim=-1, eps=1e-6)
-    losses = {
-        "guidance": 1 - after @ texts[0],
-        "direction": 1 - change @ direction if request.source else torch.zeros(len(composites)),
-        "relevance": 1 - before @ texts[1] if request.source else torch.zeros(len(composites)),
+    return {
+        "guidance": 1 - after @ texts[0] if target else zeros,
+        "direction": 1 - change @ direction if target and request.source else zeros,
+        "relevance": 1 - before @ texts[1] if request.source else zeros,
         "structure": (composites - image).abs().mean((1, 2, 3)),
     }
-    return losses
 
 
 def total_loss(losses: dict[str, torch.Tensor], settings: ProposerSettings) -> torch.Tensor:

@@ -70,3 +70,8 @@ def test_train_anchor_vit_checkpoints_resumes_and_exports(tmp_path):
     assert "exported" in second
     vit, meta = load_anchor_vit(out)
     assert meta["training"]["steps"] == 3 and set(meta["training"]["final_eval"]) >= {"object_recall"}
+    # A new machine without the checkpoint continues from the exported fp16 weights and their step.
+    common = ["--out", str(tmp_path / "again.safetensors"), "--minutes", "10", "--batch-size", "2"]
+    warm = _run("scripts.train_anchor_vit", "--cache-dir", str(tmp_path / "new"), "--init-from", str(out),
+                "--steps", "4", "--eval-scenes", "4", *common)  # fmt: skip
+    assert "warm start" in warm.stdout and "step 4/4" in warm.stdout
