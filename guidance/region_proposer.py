@@ -31,6 +31,7 @@ import torch
 from torch.nn import functional as F
 
 from .edit_text import EditRequest
+from .regions import crop_boxes, mask_box
 
 
 class BudgetError(ValueError):
@@ -111,17 +112,6 @@ def box_masks(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     return (cy[:, :, None] * cx[:, None, :])[:, None]
 
 
-def crop_boxes(images: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """Bilinear ``size x size`` crops of ``images [n or 1, 3, H, W]`` at ``boxes [n, 4]`` (differentiable)."""
-    steps = (torch.arange(size, dtype=images.dtype, device=images.device) + 0.5) / size
-    xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps
-    ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps
-    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), -1) * 2 - 1
-    return F.grid_sample(
-        images.expand(len(boxes), -1, -1, -1), grid, align_corners=False, padding_mode="border"
-    )
-
-
 def expand_boxes(boxes: torch.Tensor, margin: float) -> torch.Tensor:
     size = boxes[:, 2:] - boxes[:, :2]
     return torch.cat([boxes[:, :2] - margin * size, boxes[:, 2:] + margin * size], 1).clamp(0, 1)
@@ -168,11 +158,7 @@ def changed_box(edited: torch.Tensor, image: torch.Tensor, box, threshold: float
     ``threshold`` (in any channel), or None if none did."""
     h, w = image.shape[-2:]
     inside = box_masks(torch.tensor([box]), h, w)[0, 0] > 0.5
-    changed = ((edited - image).abs().amax(0) > threshold) & inside
-    rows, cols = changed.any(1).nonzero(), changed.any(0).nonzero()
-    if len(rows) == 0:
-        return None
-    return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
+    return mask_box((((edited - image).abs().amax(0) > threshold) & inside).float())
 
 
 def size_distribution(logits: torch.Tensor, anchors: int, temperature: float) -> torch.Tensor:

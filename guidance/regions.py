@@ -63,6 +63,21 @@ def mask_box(mask: torch.Tensor, threshold: float = 0.5) -> Box | None:
     return (cols[0].item() / w, rows[0].item() / h, (cols[-1].item() + 1) / w, (rows[-1].item() + 1) / h)
 
 
+def crop_boxes(
+    images: torch.Tensor, boxes: torch.Tensor, size: int, padding_mode: str = "border"
+) -> torch.Tensor:
+    """Bilinear ``size x size`` samples of ``images [n or 1, C, H, W]`` at the bin centres of each
+    fractional box of ``boxes [n, 4]`` (RoIAlign with one sample per bin; differentiable in both)."""
+    steps = (torch.arange(size, dtype=images.dtype, device=images.device) + 0.5) / size
+    boxes = boxes.to(images.device, images.dtype)
+    xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps
+    ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps
+    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), -1) * 2 - 1
+    return F.grid_sample(
+        images.expand(len(boxes), -1, -1, -1), grid, align_corners=False, padding_mode=padding_mode
+    )
+
+
 def resize_mask(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """Resize a ``[..., H, W]`` mask to ``size`` by adaptive average pooling (the exact area average
     when the sizes divide): soft edges where a cell is partly inside."""

@@ -7,19 +7,14 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn import functional as F
+
+from ..guidance.regions import crop_boxes
 
 
 def roi_features(features: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
-    """``features [1, D, h, w]`` bilinearly sampled on a ``size x size`` grid inside each fractional box of
-    ``boxes [n, 4]`` (x0, y0, x1, y1) -> ``[n, D, size, size]`` (RoIAlign with one sample per bin)."""
-    steps = (torch.arange(size, device=boxes.device, dtype=boxes.dtype) + 0.5) / size
-    xs = boxes[:, 0:1] + (boxes[:, 2:3] - boxes[:, 0:1]) * steps  # [n, size]
-    ys = boxes[:, 1:2] + (boxes[:, 3:4] - boxes[:, 1:2]) * steps
-    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), -1) * 2 - 1
-    return F.grid_sample(
-        features.expand(len(boxes), -1, -1, -1), grid.to(features.dtype), align_corners=False, mode="bilinear"
-    )
+    """``features [1, D, h, w]`` pooled in each fractional box of ``boxes [n, 4]`` on a ``size x size``
+    grid -> ``[n, D, size, size]`` (RoIAlign with one sample per bin, zeros outside the map)."""
+    return crop_boxes(features, boxes, size, padding_mode="zeros")
 
 
 class RegionGenerator(nn.Module):

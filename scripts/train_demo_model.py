@@ -39,6 +39,7 @@ from benchmarks.shape_world.metrics import area_resize
 from scripts.comfy_headless import PACK_ROOT, find_comfyui
 from scripts.training import (
     TrainingLoop,
+    ema_update,
     load_checkpoint,
     new_record,
     run_arguments,
@@ -294,10 +295,8 @@ def main(argv=None) -> None:
         loss = (weight * (prediction.float() - target) ** 2).mean() + args.grounding_weight * grounding
         loop.optimise(loss, params, 1.0)
         decay = min(args.ema, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
-                for p, e in zip(model.parameters(), ema.parameters(), strict=True):
-                    e.lerp_(p, 1 - decay)
+        for model, ema in ((unet, ema_unet), (text_encoder, ema_text)):
+            ema_update(model, ema, decay)
         record["samples"] += z.shape[0]
         return f"loss {loss.item():.4f} grounding {grounding.item():.3f}"
 

@@ -47,6 +47,13 @@ def warmup_cosine(step: int, peak: float, warmup: int, total: int, floor: float)
     return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+@torch.no_grad()
+def ema_update(model: torch.nn.Module, ema: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * model``, parameter by parameter."""
+    for p, e in zip(model.parameters(), ema.parameters(), strict=True):
+        e.lerp_(p, 1 - decay)
+
+
 def run_arguments(description: str, name: str, steps: int, minutes: float, out: Path, eval_every: int):
     """An argument parser with the options every training script has (budget, device, checkpoint
     folder, export path, logging); scripts add their recipe's options to it."""

@@ -14,6 +14,7 @@ from spatial_control.guidance import region_proposer as rp
 from spatial_control.guidance.anchors import anchor_points, attention_map, degree_map
 from spatial_control.guidance.edit_text import parse_edit
 from spatial_control.guidance.masked_edit import masked_edit
+from spatial_control.guidance.regions import crop_boxes
 from spatial_control.models.anchor_vit import (
     AnchorViTConfig,
     build_anchor_vit,
@@ -78,7 +79,7 @@ def test_box_masks_cover_the_box_area_and_crops_are_exact():
     masks = rp.box_masks(boxes, 40, 40)
     assert masks[:, 0].sum((1, 2)).tolist() == pytest.approx([0.25 * 0.7 * 1600, 1600], abs=1e-3)
     image = torch.rand(1, 3, 8, 8)
-    assert torch.allclose(rp.crop_boxes(image, boxes[1:], 8), image, atol=1e-5)
+    assert torch.allclose(crop_boxes(image, boxes[1:], 8), image, atol=1e-5)
 
 
 def test_roi_features_sample_inside_each_box():
