@@ -12,16 +12,28 @@ import re
 from dataclasses import dataclass
 
 _ARTICLE = r"(?:(?:a|an|the)\s+)?"
+_NOUN_ARTICLE = r"(?:a|an)\s+"  # "into a square": a new thing; "to green": a new look of the same thing
+_RECOLOUR_VERBS = r"(?:make|paint|colou?r|recolou?r|turn|change)"
 _PATTERNS = (
-    ("remove", re.compile(rf"^(?:remove|delete|erase)\s+{_ARTICLE}(?P<source>.+)$")),
+    (
+        "remove",
+        re.compile(
+            rf"^(?:remove|delete|erase|get\s+rid\s+of|take\s+(?:away|out))\s+{_ARTICLE}(?P<source>.+)$"
+        ),
+    ),
     (
         "replace",
-        re.compile(rf"^(?:turn|change)\s+{_ARTICLE}(?P<source>.+?)\s+(?:into|to)\s+{_ARTICLE}(?P<new>.+)$"),
+        re.compile(
+            rf"^(?:turn|change)\s+{_ARTICLE}(?P<source>.+?)\s+(?:into|to)\s+{_NOUN_ARTICLE}(?P<new>.+)$"
+        ),
     ),
+    ("recolour", re.compile(rf"^(?:turn|change)\s+{_ARTICLE}(?P<source>.+?)\s+(?:into|to)\s+(?P<new>\S+)$")),
     ("replace", re.compile(rf"^replace\s+{_ARTICLE}(?P<source>.+?)\s+(?:with|by)\s+{_ARTICLE}(?P<new>.+)$")),
-    ("replace", re.compile(rf"^make\s+{_ARTICLE}(?P<source>.+?)\s+(?:a|an)\s+(?P<new>.+)$")),
-    ("recolour", re.compile(rf"^make\s+{_ARTICLE}(?P<source>.+?)\s+(?P<new>\S+)$")),
+    ("replace", re.compile(rf"^make\s+{_ARTICLE}(?P<source>.+?)\s+{_NOUN_ARTICLE}(?P<new>.+)$")),
+    ("recolour", re.compile(rf"^{_RECOLOUR_VERBS}\s+{_ARTICLE}(?P<source>.+?)\s+(?P<new>\S+)$")),
 )
+# Politeness around the instruction: "please ...", "can you ...?", "... please".
+_POLITE = re.compile(r"^(?:(?:please|can\s+you|could\s+you|would\s+you),?\s+)+|(?:[\s,]+please)+$")
 
 
 @dataclass(frozen=True)
@@ -45,11 +57,12 @@ class EditRequest:
 def parse_edit(text: str, source_text: str = "") -> EditRequest:
     """The edit request of ``text``; a non-empty ``source_text`` replaces the parsed source phrase.
     Raises ValueError on an empty text."""
-    clean = " ".join(text.strip().rstrip(".!").split())
-    if not clean:
+    clean = " ".join(text.strip().rstrip(".!?").split())
+    instruction = _POLITE.sub("", clean.lower()).strip()
+    if not instruction:
         raise ValueError("the edit text is empty; write what to change, e.g. 'make the circle green'")
     for kind, pattern in _PATTERNS:
-        match = pattern.match(clean.lower())
+        match = pattern.match(instruction)
         if match is None:
             continue
         source = match["source"]

@@ -35,6 +35,16 @@ from spatial_control.models.region_generator import RegionGenerator, roi_feature
         ("replace the cat with a small dog", "replace", "cat", "small dog", "a small dog"),
         ("remove the blue cross", "remove", "blue cross", "", ""),
         ("a green circle", "describe", "", "a green circle", "a green circle"),
+        # Other wordings users write (never in the benchmark's tasks).
+        ("change the circle to green", "recolour", "circle", "green circle", "a green circle"),
+        ("paint the red square blue", "recolour", "red square", "blue square", "a blue square"),
+        ("Recolor the circle green", "recolour", "circle", "green circle", "a green circle"),
+        ("turn the circle green", "recolour", "circle", "green circle", "a green circle"),
+        ("can you make the circle green?", "recolour", "circle", "green circle", "a green circle"),
+        ("make the circle green please", "recolour", "circle", "green circle", "a green circle"),
+        ("Please, remove the cross.", "remove", "cross", "", ""),
+        ("get rid of the blue cross", "remove", "blue cross", "", ""),
+        ("change the red circle into a square", "replace", "red circle", "red square", "a red square"),
     ],
 )  # fmt: skip
 def test_edit_texts_split_into_source_and_target(text, kind, source, target, prompt):
