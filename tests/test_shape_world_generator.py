@@ -149,6 +149,8 @@ def _independent_relation(relation, box, anchors):
         (bx, by), (qx, qy) = centres
         return min(bx, qx) < cx < max(bx, qx) or min(by, qy) < cy < max(by, qy)
     ((ax, ay),) = centres
+    if relation == "next to":
+        return max(abs(cx - ax), abs(cy - ay)) <= 46 + 16  # largest extent + the gap
     return {"left of": cx < ax, "right of": cx > ax, "above": cy < ay, "below": cy > ay}[relation]
 
 
@@ -183,6 +185,9 @@ def test_relation_definitions():
     assert not G.relation_holds("left of", (0, 0, 10, 10), [(12, 100, 20, 110)])  # mostly above
     assert G.relation_holds("between", (40, 50, 50, 70), [a, b])
     assert not G.relation_holds("between", (40, 100, 50, 120), [a, b])
+    assert G.relation_holds("next to", (10, 50, 30, 70), [(40, 50, 60, 70)])  # 10 px apart
+    assert not G.relation_holds("next to", a, [b])  # 30 px apart
+    assert not G.relation_holds("next to", (10, 50, 30, 70), [(20, 60, 40, 80)])  # overlapping
 
 
 def test_edit_changes_only_the_region():

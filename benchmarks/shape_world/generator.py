@@ -38,7 +38,10 @@ STREAM_IDS: dict[str, int] = {
     "edit-reshape": 5,
     "edit-remove": 6,
 }
-RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "between")
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below", "between", "next to")
+DIRECTIONS: tuple[str, ...] = RELATIONS[:4]
+# "next to": one of the four directions with at most this gap (pixels on the 128 canvas) between the boxes.
+NEXT_TO_GAP = 16.0
 
 _SQRT3 = math.sqrt(3.0)
 _SIGNS = ((-1, -1), (-1, 1), (1, -1), (1, 1))
@@ -356,7 +359,8 @@ def relation_holds(relation: str, box, anchors: Sequence, margin: float = 0.0) -
     """Whether ``box`` stands in ``relation`` to the anchor box(es), with a margin in pixels.
 
     ``left of B``: ``box.x1 + margin <= B.x0`` and the centres differ at least as much in x as in y
-    (``right of``, ``above``, ``below`` likewise). ``between B and C``: along x (or y) the boxes are
+    (``right of``, ``above``, ``below`` likewise); ``next to B``: one of those four with a gap of at most
+    ``NEXT_TO_GAP`` between the boxes. ``between B and C``: along x (or y) the boxes are
     ordered B, box, C (or C, box, B) with ``margin`` gaps, and the box centre's other coordinate lies
     within the joint extent of B and C on that axis.
     """
@@ -374,6 +378,9 @@ def relation_holds(relation: str, box, anchors: Sequence, margin: float = 0.0) -
                     return True
         return False
     (a,) = anchors
+    if relation == "next to":
+        gap = max(a[0] - x1, x0 - a[2], a[1] - y1, y0 - a[3])
+        return gap <= NEXT_TO_GAP and any(relation_holds(d, box, anchors, margin) for d in DIRECTIONS)
     ax, ay = _centre(a)
     dx, dy = abs(cx - ax), abs(cy - ay)
     if relation == "left of":
@@ -410,6 +417,7 @@ def sample_grounding(
     max_objects: int = 4,
     margin: float = 4.0,
     size_in_text: bool = True,
+    relation: str | None = None,
     **kwargs,
 ) -> GroundingTask:
     """Grounding task ``index`` of ``split``.
@@ -417,16 +425,20 @@ def sample_grounding(
     Among all (target, relation, anchors) that hold with ``margin`` in a random scene, a relation is
     drawn uniformly, then a candidate. Text: ``"a large green triangle left of the blue square"`` or
     ``"a small red cross between the green circle and the blue square"`` (size word only if
-    ``size_in_text``). Keyword arguments go to :func:`sample_scene`.
+    ``size_in_text``). With ``relation``, scenes are drawn until one holds that relation (balanced sets:
+    ``"between"`` needs three aligned objects and is otherwise rare). Keyword arguments go to
+    :func:`sample_scene`.
     """
+    if relation is not None and relation not in RELATIONS:
+        raise ValueError(f"unknown relation {relation!r}; expected one of {RELATIONS}")
     rng = split_rng(split, index, "grounding")
-    for _ in range(100):
+    for _ in range(100 if relation is None else 2000):
         full = sample_scene(rng, int(rng.integers(min_objects, max_objects + 1)), **kwargs)
         n, boxes = len(full.objects), full.boxes
         found: dict[str, list] = {}
         for t in range(n):
             others = [j for j in range(n) if j != t]
-            for rel in RELATIONS[:4]:
+            for rel in (*DIRECTIONS, "next to"):
                 for a in others:
                     if relation_holds(rel, boxes[t], [boxes[a]], margin):
                         found.setdefault(rel, []).append((t, (a,)))
@@ -434,18 +446,18 @@ def sample_grounding(
                 for c in others[i + 1 :]:
                     if relation_holds("between", boxes[t], [boxes[b], boxes[c]], margin):
                         found.setdefault("between", []).append((t, (b, c)))
-        if not found:
+        if not found or (relation is not None and relation not in found):
             continue
-        relation = sorted(found)[rng.integers(len(found))]
-        t, anchors = found[relation][rng.integers(len(found[relation]))]
+        chosen = relation or sorted(found)[rng.integers(len(found))]
+        t, anchors = found[chosen][rng.integers(len(found[chosen]))]
         obj = full.objects[t]
         words = obj.phrase if size_in_text else phrase(obj.colour, obj.shape)
         names = [f"the {phrase(*full.objects[a].pair)}" for a in anchors]
-        text = f"a {words} {relation} " + " and ".join(names)
+        text = f"a {words} {chosen} " + " and ".join(names)
         rest = [o for j, o in enumerate(full.objects) if j != t]
         scene = render_scene(rest, full.image.shape[0], full.background)
         anchor_pairs = tuple(full.objects[a].pair for a in anchors)
-        return GroundingTask(text, relation, anchor_pairs, phrase_target(full, t), scene, full)
+        return GroundingTask(text, chosen, anchor_pairs, phrase_target(full, t), scene, full)
     raise RuntimeError("no scene with a valid relation found")
 
 

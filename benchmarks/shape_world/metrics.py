@@ -430,3 +430,25 @@ __all__ = [
     "psnr_outside",
     "shape_scores",
 ]
+
+
+# ----------------------------------------------------------------------------------------- grounding
+def object_overlap(box, masks, tolerance: float = 0.01) -> bool:
+    """Whether the pixel box ``(x0, y0, x1, y1)`` covers more than ``tolerance`` of its area with the
+    pixels of ``masks`` (the existing objects)."""
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    area = max(1, (x1 - x0) * (y1 - y0))
+    if not len(masks):
+        return False
+    union = np.any(np.asarray(masks, bool), axis=0)
+    return np.count_nonzero(union[max(0, y0) : y1, max(0, x0) : x1]) > tolerance * area
+
+
+def placement_valid(box, task) -> bool:
+    """A pixel box is a valid placement for a ``GroundingTask``: its relation holds to the anchors'
+    boxes (no margin) and it overlaps no object of the scene."""
+    from .generator import relation_holds
+
+    scene = task.full_scene
+    anchors = [scene.objects[scene.pairs.index(p)].box for p in task.anchors]
+    return relation_holds(task.relation, box, anchors) and not object_overlap(box, task.scene.masks)

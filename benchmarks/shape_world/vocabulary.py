@@ -31,6 +31,10 @@ SIZE_WORDS: tuple[str, ...] = tuple(SIZES)
 PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOUR_NAMES for s in SHAPES)
 
 BACKGROUND_GREY = (40, 40, 40)
+# The variety the learned components (anchor ViT, grounding network) train on and are measured on:
+# background kinds with their shares, and the share of scenes whose objects may be rotated (up to 45).
+BACKGROUND_MIX: dict[str, float] = {"plain": 0.5, "noise": 0.25, "gradient": 0.25}
+ROTATED_SHARE = 0.3
 BACKGROUNDS: tuple[str, ...] = ("plain", "noise", "gradient")
 # Textured backgrounds stay in this grey range with at most TINT per-channel deviation from neutral,
 # so their chroma is tiny and no background pixel is ever close to a palette colour.
