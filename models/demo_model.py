@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from . import weights_io
-from .text_encoder import VOCAB_SIZE, TextEncoderConfig
+from .text_encoder import TextEncoderConfig, compact_token_rows, expand_token_rows
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 AUTOENCODER_FILE = "shape_autoencoder.safetensors"
@@ -70,9 +70,7 @@ def save_demo_text_encoder(text_encoder, path: Path, keep_token_ids: list[int], 
         for k, v in text_encoder.state_dict().items()
     }
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    rows = torch.tensor(sorted(keep_token_ids), dtype=torch.long)
-    state[EMBEDDING_KEY] = state[EMBEDDING_KEY][rows]
-    state[ROWS_KEY] = rows
+    state[EMBEDDING_KEY], state[ROWS_KEY] = compact_token_rows(state[EMBEDDING_KEY], keep_token_ids)
     config = {k: getattr(DEMO_TEXT_CONFIG, k) for k in DEMO_TEXT_CONFIG.__dataclass_fields__}
     weights_io.write_weights(state, Path(path), {"config": config, "training": record})
 
@@ -81,8 +79,5 @@ def load_demo_text_encoder_state(path: Path) -> tuple[dict[str, torch.Tensor], T
     """Full ``text_model.*`` state dict (zero rows for untrained tokens) and its config."""
     state, meta = read_weights(path)
     config = TextEncoderConfig(**meta["config"])
-    rows = state.pop(ROWS_KEY)
-    full = torch.zeros(VOCAB_SIZE, config.hidden_size)
-    full[rows] = state[EMBEDDING_KEY]
-    state[EMBEDDING_KEY] = full
+    state[EMBEDDING_KEY] = expand_token_rows(state[EMBEDDING_KEY], state.pop(ROWS_KEY))
     return state, config

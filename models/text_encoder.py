@@ -65,3 +65,36 @@ def tokenize(tokenizer, texts: list[str]) -> torch.Tensor:
         ids = [START_TOKEN, *ids, END_TOKEN]
         rows.append(ids + [END_TOKEN] * (CONTEXT_LENGTH - len(ids)))
     return torch.tensor(rows, dtype=torch.long)
+
+
+def compact_token_rows(weight: torch.Tensor, keep_token_ids) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, ids)``: only the embedding rows of ``keep_token_ids`` (the words a model was trained on;
+    the other 49k rows of a small model never were), to store; :func:`expand_token_rows` undoes it."""
+    ids = torch.tensor(sorted(set(int(i) for i in keep_token_ids)), dtype=torch.long)
+    return weight[ids], ids
+
+
+def expand_token_rows(rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """The full ``[VOCAB_SIZE, hidden]`` embedding: ``rows`` at ``ids``, zeros elsewhere."""
+    full = torch.zeros(VOCAB_SIZE, rows.shape[1], dtype=rows.dtype)
+    full[ids.long()] = rows
+    return full
+
+
+def canonical_text_keys(state: dict, prefix: str = "") -> dict:
+    """Keys under ``prefix`` written with ``text_model.`` (ComfyUI's SD1 and transformers 4 names;
+    transformers 5 drops it), so a weights file reads the same whichever transformers wrote it."""
+    inner = prefix + "text_model."
+    return {k if not k.startswith(prefix) or k.startswith(inner) else inner + k[len(prefix):]: v
+            for k, v in state.items()}  # fmt: skip
+
+
+def installed_text_keys(state: dict, expected_keys, prefix: str = "") -> dict:
+    """Inverse of :func:`canonical_text_keys` for the installed transformers: each key as the module
+    names it (``expected_keys``)."""
+    expected = set(expected_keys)
+    inner = prefix + "text_model."
+    return {
+        k if k in expected or not k.startswith(inner) else prefix + k[len(inner) :]: v
+        for k, v in state.items()
+    }

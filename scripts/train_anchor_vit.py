@@ -28,6 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from benchmarks.shape_world.generator import render_scene, split_scene
+from benchmarks.shape_world.vocabulary import BACKGROUND_MIX, ROTATED_SHARE
 from scripts.training import (
     TrainingLoop,
     ema_update,
@@ -46,8 +47,6 @@ from spatial_control.models.anchor_vit import (
     save_anchor_vit,
 )
 
-BACKGROUND_MIX = {"plain": 0.5, "noise": 0.25, "gradient": 0.25}
-ROTATED_SHARE = 0.3
 EVAL_SCENES = 100
 ANCHORS = 9
 

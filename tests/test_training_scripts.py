@@ -75,3 +75,19 @@ def test_train_anchor_vit_checkpoints_resumes_and_exports(tmp_path):
     warm = _run("scripts.train_anchor_vit", "--cache-dir", str(tmp_path / "new"), "--init-from", str(out),
                 "--steps", "4", "--eval-scenes", "4", *common)  # fmt: skip
     assert "warm start" in warm.stdout and "step 4/4" in warm.stdout
+
+
+def test_train_grounding_checkpoints_resumes_and_exports(tmp_path):
+    from spatial_control.models.grounding_net import load_grounding_net
+
+    out = tmp_path / "grounding.safetensors"
+    extra = ("--batch-size", "2", "--eval-tasks", "4")
+    _, second = _train_twice("scripts.train_grounding", tmp_path / "work", out, *extra)
+    net, meta = load_grounding_net(out)
+    assert net.config.alignment == "deformable" and meta["training"]["steps"] == 3
+    assert {"map_accuracy", "pointing", "confidence_absent"} <= set(meta["training"]["final_eval"])
+    again = ["--out", str(tmp_path / "again.safetensors"), "--steps", "4", "--minutes", "10", *extra]
+    warm = _run(
+        "scripts.train_grounding", "--cache-dir", str(tmp_path / "new"), "--init-from", str(out), *again
+    )
+    assert "warm start" in warm.stdout and "step 4/4" in warm.stdout
