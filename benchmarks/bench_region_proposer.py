@@ -104,40 +104,10 @@ class Proposers:
         return (0.0, 0.0, 1.0, 1.0)
 
 
-def guided_model(session, prompt: str, phrase: str, mask, box):
-    """The MODEL patched by RegionBackwardGuidance (its defaults) to put ``phrase`` in the region."""
-    from spatial_control.guidance.regions import Region
-
-    node = session.nodes["RegionBackwardGuidance"]
-    defaults = {
-        i.id: i.default
-        for i in node.define_schema().inputs
-        if i.id != "prompt" and getattr(i, "default", None) is not None
-    }
-    region = Region(phrase, mask[0], 1.0, tuple(box))
-    return node.execute(session.model, session.clip, (region,), prompt, **defaults).result[0]
-
-
 def final_edit(session, image, box, request, denoise: float, seed: int) -> np.ndarray:
     """The stock inpainting path with the region's box, the model guided to put the target phrase
-    there (RegionBackwardGuidance, as the proposer's REGIONS feed it; a removal has no phrase):
-    uint8 ``[H, W, 3]``."""
-    from spatial_control.guidance.regions import box_mask
-
-    nodes = session.nodes
-    h, w = image.shape[1:3]
-    mask = box_mask(box, h, w)[None]
-    prompt = request.prompt
-    model = guided_model(session, prompt, request.target, mask, box) if request.target else session.model
-    (latent,) = nodes["VAEEncode"]().encode(session.vae, image)
-    (latent,) = nodes["SetLatentNoiseMask"]().set_mask(latent, mask)
-    positive, negative = session.encode([prompt]), session.encode([""])
-    (out,) = nodes["KSampler"]().sample(
-        model, seed, 20, 4.0, "dpmpp_2m", "karras", positive, negative, latent, denoise=denoise
-    )
-    (decoded,) = nodes["VAEDecode"]().decode(session.vae, out)
-    (composite,) = nodes["ImageCompositeMasked"]().composite(image, decoded, 0, 0, False, mask)
-    return (composite[0].numpy() * 255).round().astype(np.uint8)
+    there (a removal has no phrase): uint8 ``[H, W, 3]``."""
+    return session.masked_generation(image, box, request.prompt, request.target, denoise, seed)
 
 
 def edit_succeeded(task, edited: np.ndarray) -> bool:

@@ -11,6 +11,7 @@ from .guided_sampler import RegionGuidedKSampler, RegionGuider
 from .region_guidance import RegionBackwardGuidance
 from .region_proposer import RegionProposer
 from .regions import RegionFromBox, RegionFromMask
+from .text_grounding import TextGroundingMap
 
 NODES: list[type[io.ComfyNode]] = [
     CrossAttentionMaps,
@@ -23,6 +24,7 @@ NODES: list[type[io.ComfyNode]] = [
     RegionGuidedKSampler,
     ConceptTokenEM,
     RegionProposer,
+    TextGroundingMap,
 ]
 
 

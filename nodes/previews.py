@@ -54,3 +54,16 @@ def proposal_preview(image: torch.Tensor, proposal) -> torch.Tensor:
         left[max(cy - thin, 0) : cy + thin + 1, max(cx - thin, 0) : cx + thin + 1] = 1.0
     edited = proposal.edited.movedim(0, -1).float().cpu()
     return torch.cat([left, edited], 1).clamp(0, 1)[None]
+
+
+def grounding_preview(image: torch.Tensor, heat: torch.Tensor, placement, confident: bool) -> torch.Tensor:
+    """``[1, H, W, 3]``: ``image [H, W, 3]`` under the centre heat map ``heat [H, W]`` (alpha follows the
+    heat), with the placement's box in green, or red when the map is unsure, and a white dot at its centre."""
+    h, w = image.shape[:2]
+    alpha = 0.6 * heat.clamp(0, 1)[..., None]
+    out = image * (1 - alpha) + heatmap(heat[None])[0] * alpha
+    thin = max(1, min(h, w) // 128)
+    _outline(out, placement.box, (0.1, 0.9, 0.2) if confident else (0.95, 0.1, 0.1), 2 * thin)
+    cx, cy = min(int(placement.centre[0] * w), w - 1), min(int(placement.centre[1] * h), h - 1)
+    out[max(cy - thin, 0) : cy + thin + 1, max(cx - thin, 0) : cx + thin + 1] = 1.0
+    return out.clamp(0, 1)[None]

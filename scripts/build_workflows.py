@@ -263,7 +263,88 @@ def region_edit() -> WorkflowSpec:
     return w
 
 
-SPECS = (text_to_image, attention_maps, region_guidance, attention_masking, concepts, region_edit)
+GROUNDING_IMAGE = "grounding_example.png"
+GROUNDING_TASK = ("eval", 7, 1)  # written_grounding arguments of the text-grounding example
+
+
+def write_grounding_image() -> None:
+    """The text-grounding workflow's example image: a held-out grounding task's scene."""
+    from PIL import Image
+
+    from benchmarks.shape_world.grounding_phrasing import written_grounding
+
+    EXAMPLE_INPUTS.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(written_grounding(*GROUNDING_TASK).task.scene.image).save(
+        EXAMPLE_INPUTS / GROUNDING_IMAGE
+    )
+
+
+def text_grounding() -> WorkflowSpec:
+    from benchmarks.shape_world.grounding_phrasing import written_grounding
+
+    w = WorkflowSpec("shape_world_text_grounding")
+    model = w.node("ShapeWorldDemoModel", (0, 0), "Shape World Demo Model")
+    negative = w.node("CLIPTextEncode", (0, 0), "Negative prompt (empty)", text="", clip=model[1])
+    empty = w.node("EmptyLatentImage", (0, 0), "128x128", width=128, height=128, batch_size=1)
+    w.group("Model", model, negative, empty)
+    image = w.node("LoadImage", (1, 0), "Image to add to", image=GROUNDING_IMAGE)
+    grounding = w.node(
+        "TextGroundingMap", (1, 0), "Text Grounding Map", image=image[0],
+        text=written_grounding(*GROUNDING_TASK).text,
+    )  # fmt: skip
+    preview = w.node(
+        "SaveImage", (2, 0), "Map", images=grounding[4], filename_prefix="shape_world/grounding_map"
+    )
+    w.group("Where the text says the object goes (no box drawn)", image, grounding, preview)
+    guidance = w.node(
+        "RegionBackwardGuidance", (2, 0), "Region Backward Guidance", model=model[0], clip=model[1],
+        regions=grounding[3], prompt=grounding[5],
+    )  # fmt: skip
+    layout = w.node(
+        "KSampler", (3, 0), "KSampler: lay the object out", model=guidance[0], positive=guidance[1],
+        negative=negative[0], latent_image=empty[0], seed=7, **SAMPLING,
+    )  # fmt: skip
+    w.group("Generate it there", guidance, layout)
+    encoded = w.node("VAEEncode", (3, 0), "VAE Encode", pixels=image[0], vae=model[2])
+    pasted = w.node(
+        "LatentCompositeMasked", (4, 0), "Paste it into the image", destination=encoded[0], source=layout[0],
+        x=0, y=0, resize_source=False, mask=grounding[1],
+    )  # fmt: skip
+    masked = w.node("SetLatentNoiseMask", (4, 0), "Only around it", samples=pasted[0], mask=grounding[1])
+    blend = w.node(
+        "KSampler", (5, 0), "KSampler: blend it in (denoise 0.5)", model=guidance[0], positive=guidance[1],
+        negative=negative[0], latent_image=masked[0], seed=7, denoise=0.5, **SAMPLING,
+    )  # fmt: skip
+    decoded = w.node("VAEDecode", (5, 0), "VAE Decode", samples=blend[0], vae=model[2])
+    kept = w.node(
+        "ImageCompositeMasked", (6, 0), "Keep every pixel outside", destination=image[0], source=decoded[0],
+        x=0, y=0, resize_source=False, mask=grounding[1],
+    )  # fmt: skip
+    save = w.node("SaveImage", (6, 0), "Result", images=kept[0], filename_prefix="shape_world/text_grounding")
+    w.group(
+        "Blend it into the image (stock latent masking)", encoded, pasted, masked, blend, decoded, kept, save
+    )
+    w.note(
+        "Text Grounding Map reads where the text puts the object ('a red circle left of the blue square', "
+        "'above', 'below', 'right of', 'between ... and ...', 'next to') and outputs its box, a heat map and "
+        "the prompt. Backward guidance generates the object in the box from an empty latent; the stock "
+        "nodes paste it into your image's latent, blend it in at denoise 0.5 and keep every pixel outside "
+        "the box's margin. Load your own image and write your text; a red box in the map means the "
+        "network is unsure (is every object the text names in the image?).",
+        (0, 0),
+    )
+    return w
+
+
+SPECS = (
+    text_to_image,
+    attention_maps,
+    region_guidance,
+    attention_masking,
+    concepts,
+    region_edit,
+    text_grounding,
+)
 # The saved image (filename prefix) each workflow shows in the templates browser.
 THUMBNAILS = {
     "shape_world_text_to_image": "text_to_image",
@@ -272,6 +353,7 @@ THUMBNAILS = {
     "shape_world_attention_masking": "masking_and_guidance",
     "shape_world_concepts": "concepts",
     "shape_world_region_edit": "region_edit",
+    "shape_world_text_grounding": "text_grounding",
 }
 
 
@@ -300,6 +382,7 @@ def main() -> None:
     args = parser.parse_args()
     write_concept_images()
     write_edit_image()
+    write_grounding_image()
     with ComfyServer(Path(tempfile.mkdtemp(prefix="build_workflows_"))) as server:
         info = server.object_info()
         graphs = build(info)

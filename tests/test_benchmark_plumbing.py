@@ -80,3 +80,25 @@ def test_region_proposer_scores_the_true_edit_as_success_and_summarises_per_kind
     figures = summarise(rows)
     assert figures["remove"]["region_iou"] == 1.0 and figures["region_iou"] == round(2 / 3, 3)
     assert figures["share_30db"] == 1.0
+
+
+def test_grounding_map_record_scores_the_true_box_valid_and_summarises_per_relation():
+    import numpy as np
+
+    from benchmarks.bench_grounding import centred, map_record, random_free_box, summarise
+    from benchmarks.shape_world.grounding_phrasing import written_grounding
+    from benchmarks.shape_world.metrics import object_overlap
+
+    rows = []
+    for i in range(12):
+        sample = written_grounding("eval", i, seed=3)
+        x0, y0, x1, y1 = box = sample.task.target.box
+        record = map_record(sample, box, ((x0 + x1) / 2, (y0 + y1) / 2))
+        assert record["map_accuracy"] and record["pointing"] and record["box_iou"] == 1.0
+        rows.append(record)
+        free = random_free_box(sample.task, np.random.default_rng(i))
+        assert not object_overlap(free, sample.task.scene.masks)
+    far = map_record(sample, centred(-100, -100, 10, 10), (-100, -100))
+    assert not far["map_accuracy"] and far["box_iou"] == 0.0
+    figures = summarise(rows, ("map_accuracy", "box_iou"))
+    assert figures["map_accuracy"] == 1.0 and set(figures) >= {"left of", "between", "next to"}
