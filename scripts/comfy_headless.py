@@ -189,11 +189,12 @@ class HeadlessComfyUI:
         self._executor = self._execution.PromptExecutor(self._server, cache_type=cache_type)
 
     def validate(self, graph: dict) -> list[str]:
-        """Node ids of the graph's outputs; raises GraphError with ComfyUI's messages if invalid."""
+        """Node ids of the graph's outputs; raises GraphError with ComfyUI's messages if any node is
+        invalid (ComfyUI itself would run the valid outputs and drop the others)."""
         valid, error, outputs, node_errors = asyncio.run(
             self._execution.validate_prompt(str(uuid.uuid4()), graph, None)
         )
-        if not valid:
+        if not valid or node_errors:
             raise GraphError(f"invalid graph: {error}; node errors: {node_errors}")
         return list(outputs)
 
