@@ -48,7 +48,7 @@ MAP_ARMS = ("centre_prior", "random_valid_box", "no_alignment", "ours")
 TOG_ARMS = ("ours", "true_box", "whole_image")
 BENCH_SEED = 5
 PSNR_CAP = 60.0
-MIN_CONFIDENCE = 0.3  # TextGroundingMap's defaults
+MIN_CONFIDENCE = 0.5  # TextGroundingMap's defaults
 MASK_MARGIN = 0.25
 MEAN_EXTENT = float(np.mean([np.mean(v) for v in SIZES.values()]))
 

@@ -4,12 +4,15 @@ described object belongs.
 Two branches share a Swin Transformer encoder (timm): an autoencoder branch (patch-expanding decoder
 back to the image, the paper's compression branch; here it is trained as an auxiliary reconstruction)
 and a multimodal transformer whose queries, one per cell of the 1/8-resolution grid, read the text
-(a CLIP text transformer fed by the real CLIP tokenizer) and align to the image features by deformable
+(a CLIP text transformer fed by the real CLIP tokenizer; its pooled feature also FiLM-modulates the image
+features) and align to the image features by deformable
 sampling over all Swin levels (``models.deformable_alignment``), refined over several stages. Each stage
 predicts a map: a centre heat map (where the object's centre goes), the object's log size at each
 cell, and a heat map of the anchor objects the text names (an auxiliary output that teaches the queries
-to find what the text refers to); later stages see the earlier stage's map. ``alignment="none"`` drops
-the deformable sampling (the ablation). ``guidance.grounding`` turns the last map into a box.
+to find what the text refers to); later stages see the earlier stage's map and each cell's position
+relative to the anchors that map found (so "left of" becomes a matter of the sign of an offset).
+``alignment="none"`` drops the deformable sampling (the ablation). ``guidance.grounding`` turns the
+last map into a box.
 
 Weights are fp16 safetensors with the config and training record in a JSON beside them; the text
 encoder keeps only the embedding rows of the words it was trained on (zeros elsewhere).
@@ -113,6 +116,14 @@ def cell_centres(h: int, w: int) -> torch.Tensor:
     return torch.stack([xs.flatten(), ys.flatten()], 1)
 
 
+def anchor_offsets(anchor_logits: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``[B, N, 2]``: each cell's position relative to where the anchor map puts the named anchors (its
+    softmax-weighted mean position over the cells; between two anchors, their midpoint)."""
+    weights = anchor_logits.softmax(-1)  # [B, N]
+    centre = (weights[..., None] * reference).sum(1, keepdim=True)  # [B, 1, 2]
+    return reference - centre
+
+
 class PatchExpand(nn.Module):
     """Swin-Unet's patch expanding layer: a linear layer, then each token becomes ``factor x factor``."""
 
@@ -195,7 +206,11 @@ class GroundingNet(nn.Module):
         self.level_proj = nn.ModuleList(nn.Conv2d(config.swin_dim * 2**i, d, 1) for i in range(levels))
         self.level_embed = nn.Parameter(torch.zeros(levels, d))
         self.text_proj = nn.Linear(config.text.hidden_size, d)
+        self.text_film = nn.Linear(config.text.hidden_size, 2 * levels * d)
+        nn.init.zeros_(self.text_film.weight)
+        nn.init.zeros_(self.text_film.bias)
         self.map_embed = nn.Linear(MAP_CHANNELS, d)
+        self.relative_embed = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
         self.stages = nn.ModuleList(GroundingStage(config, levels) for _ in range(config.stages))
         m = config.map_size
         self.register_buffer("pos", sine_positions(m, m, d), persistent=False)
@@ -203,13 +218,16 @@ class GroundingNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).reshape(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).reshape(1, 3, 1, 1), persistent=False)
 
-    def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected token features ``[B, L, D]`` and the padding mask (True after the first end token)."""
+    def encode_text(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected token features ``[B, L, D]``, the padding mask (True after the first end token) and
+        the pooled text ``[B, hidden]`` (the first end token's feature, as CLIP pools)."""
         tokens = tokens[:, : self.config.text_length]
         hidden = self.text(input_ids=tokens).last_hidden_state
         is_end = (tokens == END_TOKEN).long()
         after_end = (is_end.cumsum(1) - is_end) > 0
-        return self.text_proj(hidden), after_end
+        first_end = (is_end.cumsum(1) == 1) & is_end.bool()
+        pooled = (hidden * first_end[..., None]).sum(1)
+        return self.text_proj(hidden), after_end, pooled
 
     def forward(
         self, images: torch.Tensor, tokens: torch.Tensor, reconstruct: bool = True
@@ -218,11 +236,14 @@ class GroundingNet(nn.Module):
         if images.shape[-2:] != (size, size):
             raise ValueError(f"GroundingNet takes {size}x{size} images, got {tuple(images.shape[-2:])}")
         feats = self.swin.forward_intermediates((images - self.mean) / self.std, intermediates_only=True)
+        text, text_pad, pooled = self.encode_text(tokens)
+        # FiLM: the pooled text scales and shifts every level's channels, so a cell's features say at
+        # once how well it matches what the text names (the queries and the deformable sampling read these).
+        scale, shift = self.text_film(pooled).view(-1, 2, len(feats), self.config.dim).unbind(1)
         values = [
-            proj(f) + e[None, :, None, None]
-            for proj, f, e in zip(self.level_proj, feats, self.level_embed, strict=True)
+            (proj(f) + e[None, :, None, None]) * (1 + scale[:, i, :, None, None]) + shift[:, i, :, None, None]
+            for i, (proj, f, e) in enumerate(zip(self.level_proj, feats, self.level_embed, strict=True))
         ]
-        text, text_pad = self.encode_text(tokens)
         b, m = images.shape[0], self.config.map_size
         q = values[1].flatten(2).transpose(1, 2)
         pos = self.pos[None].expand(b, -1, -1)
@@ -230,7 +251,11 @@ class GroundingNet(nn.Module):
         heats, sizes, anchors, previous = [], [], [], None
         for stage in self.stages:
             if previous is not None:
-                q = q + self.map_embed(previous)
+                q = (
+                    q
+                    + self.map_embed(previous)
+                    + self.relative_embed(anchor_offsets(previous[..., 3], reference))
+                )
             q, out = stage(q, pos, reference, values, text, text_pad)
             previous = out
             grid = out.transpose(1, 2).reshape(b, MAP_CHANNELS, m, m)

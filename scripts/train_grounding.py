@@ -7,8 +7,10 @@ world's grounding task and export it.
 Each sample is a scene with one object removed and a text naming it and where it was, written the ways
 users write (``benchmarks.shape_world.grounding_phrasing``); a tenth of the texts name an anchor the
 scene lacks, with an empty target, so the map's peak says how sure it is. Every relation is as frequent.
-Losses, on every stage's map: CenterNet's penalty-reduced focal loss on a Gaussian around the removed
-object's centre, L1 on its log width and height at that cell, focal loss on Gaussians around the named
+Losses, on every stage's map: focal loss on the placement map (1 at every cell where a box of the removed
+object's size would be a valid placement: the relation holds and no object is overlapped; trained on the
+removed object's own centre alone, the network learnt to find the hole it left and barely read the
+relation), L1 on the object's log width and height at its own cell, focal loss on Gaussians around the named
 anchors (the auxiliary map that makes the queries find what the text names); plus L1 reconstruction
 for the autoencoder branch. The text transformer starts from the demo model's text encoder. Batch
 ``k`` is a pure function of ``(seed, k)``, checkpoints are atomic and a rerun resumes; every run ends
@@ -30,7 +32,7 @@ from torch.nn import functional as F
 
 from benchmarks.shape_world.captions import SIZE_SYNONYMS
 from benchmarks.shape_world.grounding_phrasing import WrittenGrounding, written_grounding
-from benchmarks.shape_world.metrics import box_iou, placement_valid
+from benchmarks.shape_world.metrics import box_iou, placement_valid, placement_validity_grid
 from benchmarks.shape_world.vocabulary import BACKGROUND_MIX, CANVAS, COLOUR_NAMES, ROTATED_SHARE, SHAPES
 from scripts.comfy_headless import find_comfyui
 from scripts.train_anchor_vit import scene_tensor
@@ -65,21 +67,24 @@ class Recipe:
     seed: int = 0
     alignment: str = "deformable"
     batch_size: int = 16
-    lr: float = 1e-3
+    lr: float = 5e-4
     warmup_steps: int = 200
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     heat_sigma: float = 1.0  # cells of the map grid
     absent_share: float = 0.1
     size_weight: float = 1.0
-    anchor_weight: float = 0.5
+    anchor_weight: float = 1.0
     reconstruction_weight: float = 0.5
 
 
 # ------------------------------------------------------------------------------------------------ data
 @dataclass(frozen=True)
 class Targets:
-    heat: torch.Tensor  # [B, m, m] Gaussian around the removed object's centre, 1 at its cell (0 if absent)
+    heat: (
+        torch.Tensor
+    )  # [B, m, m] 1 where a box of the object's size centred on the cell is valid (0 if absent)
+    size_cell: torch.Tensor  # [B] the removed object's centre cell (flat index), where its size is learnt
     log_size: torch.Tensor  # [B, 2] log width and height as shares of the side
     anchor_heat: torch.Tensor  # [B, m, m] the same around each named anchor the scene has
     present: torch.Tensor  # [B] 1 where every named anchor is in the scene
@@ -101,16 +106,20 @@ def gaussian_peaks(boxes, size: int, sigma: float) -> torch.Tensor:
 
 
 def grounding_targets(samples: list[WrittenGrounding], size: int, sigma: float) -> Targets:
-    heats, sizes, anchors = [], [], []
+    heats, cells, sizes, anchors = [], [], [], []
     for s in samples:
         x0, y0, x1, y1 = s.task.target.box
-        heats.append(gaussian_peaks([s.task.target.box] if s.present else [], size, sigma))
+        valid = (
+            placement_validity_grid(s.task, size, x1 - x0, y1 - y0) if s.present else np.zeros((size, size))
+        )
+        heats.append(torch.from_numpy(valid.astype(np.float32)))
+        cells.append(int(gaussian_peaks([s.task.target.box], size, sigma).flatten().argmax()))
         sizes.append(torch.tensor([(x1 - x0) / CANVAS, (y1 - y0) / CANVAS]).log())
         full = s.task.full_scene
         boxes = [full.objects[full.pairs.index(p)].box for p in s.task.anchors if p in full.pairs]
         anchors.append(gaussian_peaks(boxes, size, sigma))
     present = torch.tensor([s.present for s in samples], dtype=torch.float32)
-    return Targets(torch.stack(heats), torch.stack(sizes), torch.stack(anchors), present)
+    return Targets(torch.stack(heats), torch.tensor(cells), torch.stack(sizes), torch.stack(anchors), present)
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -123,10 +132,9 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def grounding_loss(out, targets: Targets, images, recipe: Recipe) -> tuple[torch.Tensor, dict]:
-    """Summed over the stages: focal loss on the centre heat and on the anchor heat, L1 on the log size
-    at the true centre's cell; plus the autoencoder branch's L1 reconstruction."""
-    b, present = targets.heat.shape[0], targets.present
-    peak_index = targets.heat.flatten(1).argmax(1)
+    """Summed over the stages: focal loss on the placement map and on the anchor heat, L1 on the log size
+    at the removed object's cell; plus the autoencoder branch's L1 reconstruction."""
+    b, present, peak_index = targets.heat.shape[0], targets.present, targets.size_cell
     total, parts = 0.0, {"focal": 0.0, "size": 0.0, "anchor": 0.0}
     for logits, sizes, anchor in zip(out.heat, out.log_size, out.anchor_heat, strict=True):
         focal = focal_loss(logits, targets.heat)

@@ -70,7 +70,8 @@ def test_regions_drive_backward_guidance_into_the_stock_sampler(comfy, sd15):
         "6": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
         "7": {"class_type": "KSampler", "inputs": {
             "model": ["4", 0], "positive": ["4", 1], "negative": ["5", 0], "latent_image": ["6", 0],
-            "seed": 1, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal"}},
+            "seed": 1, "steps": 2, "cfg": 4.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0}},
         "8": {"class_type": "VAEDecode", "inputs": {"samples": ["7", 0], "vae": ["1", 2]}},
         "9": {"class_type": "PreviewImage", "inputs": {"images": ["8", 0]}},
     })  # fmt: skip
