@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,11 +30,14 @@ from benchmarks.shape_world.generator import render_scene, split_scene
 from benchmarks.shape_world.vocabulary import BACKGROUND_MIX, ROTATED_SHARE
 from scripts.training import (
     TrainingLoop,
+    add_init_from,
     ema_update,
     load_checkpoint,
     new_record,
     run_arguments,
     save_checkpoint,
+    training_record,
+    warm_start,
     warmup_cosine,
 )
 from spatial_control.guidance.anchors import anchor_points, attention_map
@@ -194,12 +196,7 @@ def parse_args(argv=None):
     )
     parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     parser.add_argument("--eval-scenes", type=int, default=EVAL_SCENES)
-    parser.add_argument(
-        "--init-from",
-        type=Path,
-        help="without a checkpoint: start student and teacher from this exported ViT (the committed fp16 "
-        "weights) at its step, with fresh heads and optimiser, so a new machine continues the training",
-    )
+    add_init_from(parser, "ViT")
     args = parser.parse_args(argv)
     return args, Recipe(batch_size=args.batch_size)
 
@@ -254,14 +251,7 @@ def train(args, recipe: Recipe) -> None:
         exported, meta = load_anchor_vit(args.init_from)
         for module in (student, teacher):
             module.backbone.load_state_dict(exported.backbone.state_dict())
-        done = meta["training"]
-        record.update(
-            step=done["steps"], cpu_seconds=done["cpu_minutes"] * 60, history=done.get("history", [])
-        )
-        print(
-            f"warm start from {args.init_from} at step {done['steps']} (fresh heads and optimiser)",
-            flush=True,
-        )
+        warm_start(record, meta, args.init_from)  # the projection heads start fresh too
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
@@ -316,14 +306,10 @@ def train(args, recipe: Recipe) -> None:
         return
     final = anchor_figures(copy.deepcopy(teacher).to("cpu"), recipe.seed, args.eval_scenes)
     untrained = anchor_figures(build_anchor_vit(config, seed=recipe.seed), recipe.seed, args.eval_scenes)
-    training = {
-        "steps": record["step"], "samples_seen": record["step"] * recipe.batch_size,
-        "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
-        "wall_minutes": round(record["wall_seconds"] / 60, 1), "threads": args.threads, "device": args.device,
-        "final_eval": final, "untrained_eval": untrained, "recipe": recipe_dict,
-        "data": {"backgrounds": BACKGROUND_MIX, "rotated_share": ROTATED_SHARE, "objects": "1-4 uniform"},
-        "history": record["history"],
-    }  # fmt: skip
+    data = {"backgrounds": BACKGROUND_MIX, "rotated_share": ROTATED_SHARE, "objects": "1-4 uniform"}
+    training = training_record(
+        args, record, recipe_dict, recipe.batch_size, final_eval=final, untrained_eval=untrained, data=data
+    )
     save_anchor_vit(teacher.to("cpu"), config, args.out, training)
     print(f"exported {args.out}: {final}", flush=True)
 

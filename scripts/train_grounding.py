@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -38,10 +37,13 @@ from scripts.comfy_headless import find_comfyui
 from scripts.train_anchor_vit import scene_tensor
 from scripts.training import (
     TrainingLoop,
+    add_init_from,
     load_checkpoint,
     new_record,
     run_arguments,
     save_checkpoint,
+    training_record,
+    warm_start,
     warmup_cosine,
 )
 from spatial_control.guidance.grounding import placement_from_map
@@ -210,12 +212,7 @@ def parse_args(argv=None):
     parser.add_argument("--alignment", choices=("deformable", "none"), default=Recipe.alignment)
     parser.add_argument("--batch-size", type=int, default=Recipe.batch_size)
     parser.add_argument("--eval-tasks", type=int, default=EVAL_TASKS)
-    parser.add_argument(
-        "--init-from",
-        type=Path,
-        help="without a checkpoint: start from this exported network (the committed fp16 weights) at its "
-        "step, with a fresh optimiser, so a new machine continues the training",
-    )
+    add_init_from(parser, "network")
     args = parser.parse_args(argv)
     if args.alignment == "none":
         if args.out == DEFAULT_WEIGHTS:
@@ -254,11 +251,7 @@ def train(args, recipe: Recipe) -> None:
         if exported.config != config:
             raise SystemExit(f"{args.init_from} has config {exported.config}, this run {config}")
         model.load_state_dict(exported.state_dict())
-        done = meta["training"]
-        record.update(
-            step=done["steps"], cpu_seconds=done["cpu_minutes"] * 60, history=done.get("history", [])
-        )
-        print(f"warm start from {args.init_from} at step {done['steps']} (fresh optimiser)", flush=True)
+        warm_start(record, meta, args.init_from)
 
     def checkpoint() -> None:
         save_checkpoint(checkpoint_path, {
@@ -297,14 +290,8 @@ def train(args, recipe: Recipe) -> None:
         else None
     )
     final = {k: v for k, v in final.items() if k not in ("step", "cpu_minutes")} if final else evaluate(0)
-    training = {
-        "steps": record["step"], "samples_seen": record["step"] * recipe.batch_size,
-        "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
-        "wall_minutes": round(record["wall_seconds"] / 60, 1), "threads": args.threads, "device": args.device,
-        "final_eval": final, "recipe": recipe_dict,
-        "data": {"backgrounds": BACKGROUND_MIX, "rotated_share": ROTATED_SHARE, "objects": "2-4 uniform"},
-        "history": record["history"],
-    }  # fmt: skip
+    data = {"backgrounds": BACKGROUND_MIX, "rotated_share": ROTATED_SHARE, "objects": "2-4 uniform"}
+    training = training_record(args, record, recipe_dict, recipe.batch_size, final_eval=final, data=data)
     save_grounding_net(model.to("cpu"), args.out, vocabulary_token_ids(tokenizer), training)
     print(f"exported {args.out}: {final}", flush=True)
 

@@ -139,3 +139,31 @@ class TrainingLoop:
                 self.save()
                 last_checkpoint = time.time()
         self.save()
+
+
+def add_init_from(parser, what: str) -> None:
+    """``--init-from``: a new machine without the checkpoint continues from the committed weights."""
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        help=f"without a checkpoint: start from this exported {what} (the committed fp16 weights) at its "
+        "step, with a fresh optimiser, so a new machine continues the training",
+    )
+
+
+def warm_start(record: dict, meta: dict, source: Path) -> None:
+    """Continue ``record`` (``new_record``) from an exported file's training record ``meta``."""
+    done = meta["training"]
+    record.update(step=done["steps"], cpu_seconds=done["cpu_minutes"] * 60, history=done.get("history", []))
+    print(f"warm start from {source} at step {done['steps']} (fresh optimiser)", flush=True)
+
+
+def training_record(args, record: dict, recipe: dict, batch_size: int, **extra) -> dict:
+    """What an exported file's JSON says of its training: steps, samples, CPU and wall minutes, threads,
+    device, the recipe, the evaluations so far, and the script's own ``extra`` entries."""
+    return {
+        "steps": record["step"], "samples_seen": record["step"] * batch_size,
+        "cpu_minutes": round(record["cpu_seconds"] / 60, 1),
+        "wall_minutes": round(record["wall_seconds"] / 60, 1), "threads": args.threads, "device": args.device,
+        **extra, "recipe": recipe, "history": record["history"],
+    }  # fmt: skip
