@@ -125,7 +125,7 @@ def grounding_targets(samples: list[WrittenGrounding], size: int, sigma: float) 
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss, normalised by the number of peaks (at least 1)."""
+    """CenterNet's penalty-reduced focal loss, normalised by the number of cells at 1 (at least 1)."""
     p = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
     peak = target.eq(1).float()
     pos = -((1 - p) ** 2) * torch.log(p) * peak
