@@ -171,7 +171,7 @@ def summarise(rows: list[dict], keys: tuple[str, ...]) -> dict:
 def run(quick: bool = False, device: str = "cpu") -> dict:
     from benchmarks.comfy_generation import DemoModelSession
 
-    count, absent_count, tog_count = (24, 12, 6) if quick else (300, 60, 120)
+    count, absent_count, tog_count = (24, 12, 6) if quick else (300, 60, 300)
     session = DemoModelSession(device=device)
     grounders = Grounders(device)
     maps = {arm: [] for arm in MAP_ARMS}
