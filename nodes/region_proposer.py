@@ -10,12 +10,10 @@ inpainting path (SetLatentNoiseMask / VAEEncodeForInpaint + KSampler) and Region
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import comfy.model_management
-import comfy.sd1_clip
 import comfy.utils
 from comfy_api.latest import io, ui
 
@@ -27,9 +25,9 @@ from ..guidance.regions import Region, box_mask
 from ..models.anchor_vit import load_anchor_vit, load_vit_folder
 from ..models.clip_scorer import load_clip_folder
 from ..models.shape_clip import ShapeCLIPScorer, load_shape_clip
-from ..models.text_encoder import load_clip_tokenizer
 from .errors import blame_input
 from .previews import proposal_preview
+from .tokenizer import comfy_clip_tokenizer
 from .types import Regions
 
 NODE = "RegionProposer"
@@ -46,7 +44,7 @@ def _anchor_vit(folder: str):
 
 def _scorer(folder: str):
     if not folder.strip():
-        tokenizer = load_clip_tokenizer(Path(os.path.dirname(comfy.sd1_clip.__file__)) / "sd1_tokenizer")
+        tokenizer = comfy_clip_tokenizer()
         return ShapeCLIPScorer(load_shape_clip(), tokenizer)
     with blame_input(NODE, "clip_folder", FileNotFoundError, ValueError, OSError):
         return load_clip_folder(Path(folder.strip()))

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import comfy.model_management
-import comfy.sd1_clip
 import torch
 from comfy_api.latest import io, ui
 from torch.nn import functional as F
@@ -25,9 +23,10 @@ from ..guidance.grounding import grow_box, heat_image, placement_from_map
 from ..guidance.grounding_text import RELATIONS, parse_grounding
 from ..guidance.regions import Region, box_mask
 from ..models.grounding_net import load_grounding_net
-from ..models.text_encoder import load_clip_tokenizer, tokenize
+from ..models.text_encoder import tokenize
 from .errors import blame_input
 from .previews import grounding_preview
+from .tokenizer import comfy_clip_tokenizer
 from .types import Regions
 
 NODE = "TextGroundingMap"
@@ -136,7 +135,7 @@ class TextGroundingMap(io.ComfyNode):
         device = comfy.model_management.get_torch_device()
         network.to(device)
         size = network.config.image_size
-        tokenizer = load_clip_tokenizer(Path(os.path.dirname(comfy.sd1_clip.__file__)) / "sd1_tokenizer")
+        tokenizer = comfy_clip_tokenizer()
         with torch.inference_mode():
             out = network(
                 network_input(image, size).to(device), tokenize(tokenizer, [text]).to(device), False

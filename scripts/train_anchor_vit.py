@@ -30,6 +30,7 @@ from benchmarks.shape_world.generator import render_scene, split_scene
 from benchmarks.shape_world.vocabulary import BACKGROUND_MIX, ROTATED_SHARE
 from scripts.training import (
     TrainingLoop,
+    adamw_matrices_decayed,
     add_init_from,
     ema_update,
     load_checkpoint,
@@ -234,11 +235,7 @@ def train(args, recipe: Recipe) -> None:
         copy.deepcopy(student_head).requires_grad_(False),
     )
     params = list(student.parameters()) + list(student_head.parameters())
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    )
+    optimizer = adamw_matrices_decayed(params, recipe.weight_decay)
     centre = torch.zeros(1, recipe.prototypes, device=device)
     record = new_record()
     if state is not None:

@@ -37,6 +37,7 @@ from scripts.comfy_headless import find_comfyui
 from scripts.train_anchor_vit import scene_tensor
 from scripts.training import (
     TrainingLoop,
+    adamw_matrices_decayed,
     add_init_from,
     load_checkpoint,
     new_record,
@@ -95,15 +96,24 @@ class Targets:
         return Targets(*(getattr(self, f.name).to(device) for f in dataclasses.fields(self)))
 
 
+def centre_cell(box, size: int) -> tuple[int, int]:
+    """(row, column) of the ``size x size`` grid cell holding the pixel box's centre."""
+    x0, y0, x1, y1 = box
+    return min(int((y0 + y1) / 2 / CANVAS * size), size - 1), min(
+        int((x0 + x1) / 2 / CANVAS * size), size - 1
+    )
+
+
 def gaussian_peaks(boxes, size: int, sigma: float) -> torch.Tensor:
     """``[size, size]``: the maximum of Gaussians around the pixel boxes' centres, 1 at their cells."""
     cells = torch.arange(size, dtype=torch.float32) + 0.5
     heat = torch.zeros(size, size)
-    for x0, y0, x1, y1 in boxes:
+    for box in boxes:
+        x0, y0, x1, y1 = box
         cx, cy = (x0 + x1) / 2 / CANVAS * size, (y0 + y1) / 2 / CANVAS * size
         d2 = (cells[None, :] - cx) ** 2 + (cells[:, None] - cy) ** 2
         heat = torch.maximum(heat, torch.exp(-d2 / (2 * sigma**2)))
-        heat[min(int(cy), size - 1), min(int(cx), size - 1)] = 1.0
+        heat[centre_cell(box, size)] = 1.0
     return heat
 
 
@@ -115,7 +125,8 @@ def grounding_targets(samples: list[WrittenGrounding], size: int, sigma: float) 
             placement_validity_grid(s.task, size, x1 - x0, y1 - y0) if s.present else np.zeros((size, size))
         )
         heats.append(torch.from_numpy(valid.astype(np.float32)))
-        cells.append(int(gaussian_peaks([s.task.target.box], size, sigma).flatten().argmax()))
+        row, column = centre_cell(s.task.target.box, size)
+        cells.append(row * size + column)
         sizes.append(torch.tensor([(x1 - x0) / CANVAS, (y1 - y0) / CANVAS]).log())
         full = s.task.full_scene
         boxes = [full.objects[full.pairs.index(p)].box for p in s.task.anchors if p in full.pairs]
@@ -235,11 +246,7 @@ def train(args, recipe: Recipe) -> None:
     model.text.load_state_dict(installed_text_keys(text_state, model.text.state_dict()), strict=False)
     model.to(device)
     params = list(model.parameters())
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    )
+    optimizer = adamw_matrices_decayed(params, recipe.weight_decay)
     record = new_record()
     if state is not None:
         model.load_state_dict(state["model"])

@@ -167,3 +167,12 @@ def training_record(args, record: dict, recipe: dict, batch_size: int, **extra) 
         "wall_minutes": round(record["wall_seconds"] / 60, 1), "threads": args.threads, "device": args.device,
         **extra, "recipe": recipe, "history": record["history"],
     }  # fmt: skip
+
+
+def adamw_matrices_decayed(params, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on the matrices and none on biases, norms and other vectors."""
+    params = list(params)
+    return torch.optim.AdamW([
+        {"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+    ])  # fmt: skip
