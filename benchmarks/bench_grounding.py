@@ -23,7 +23,7 @@ TOG on the first ``tog_tasks`` tasks, through stock nodes on the demo model as t
 ``shape_world_text_grounding`` runs them (``DemoModelSession.grounded_generation``: the model guided by
 RegionBackwardGuidance with its defaults to put the phrase in the box; KSampler 20 steps DPM++ 2M Karras,
 CFG 4 from an empty latent lays the object out; LatentCompositeMasked pastes the box grown by a quarter of
-its side per side into the image's latent; SetLatentNoiseMask + KSampler at denoise 0.5 blends it in;
+its side per side into the image's latent; SetLatentNoiseMask + KSampler at denoise 0.3 blends it in;
 ImageCompositeMasked keeps every pixel outside): ``ours`` (the predicted box), ``true_box`` (the removed
 object's own box: guidance with the ground-truth placement) and ``whole_image`` (plain inpainting with a
 whole-image mask, unguided, the user's text as the prompt). ``tog_success``: an object of the right

@@ -104,7 +104,7 @@ class DemoModelSession:
         return (composite[0].numpy() * 255).round().astype(np.uint8)
 
     def grounded_generation(
-        self, image: torch.Tensor, box, area, prompt: str, phrase: str, seed: int, harmonise: float = 0.5
+        self, image: torch.Tensor, box, area, prompt: str, phrase: str, seed: int, harmonise: float = 0.3
     ) -> np.ndarray:
         """Text-grounded object generation in two stock passes, the model guided by RegionBackwardGuidance
         to put ``phrase`` in the fractional ``box``: KSampler from an empty latent lays the object out;

@@ -312,8 +312,8 @@ def text_grounding() -> WorkflowSpec:
     )  # fmt: skip
     masked = w.node("SetLatentNoiseMask", (4, 0), "Only around it", samples=pasted[0], mask=grounding[1])
     blend = w.node(
-        "KSampler", (5, 0), "KSampler: blend it in (denoise 0.5)", model=guidance[0], positive=guidance[1],
-        negative=negative[0], latent_image=masked[0], seed=7, denoise=0.5, **SAMPLING,
+        "KSampler", (5, 0), "KSampler: blend it in (denoise 0.3)", model=guidance[0], positive=guidance[1],
+        negative=negative[0], latent_image=masked[0], seed=7, denoise=0.3, **SAMPLING,
     )  # fmt: skip
     decoded = w.node("VAEDecode", (5, 0), "VAE Decode", samples=blend[0], vae=model[2])
     kept = w.node(
@@ -328,7 +328,7 @@ def text_grounding() -> WorkflowSpec:
         "Text Grounding Map reads where the text puts the object ('a red circle left of the blue square', "
         "'above', 'below', 'right of', 'between ... and ...', 'next to') and outputs its box, a heat map and "
         "the prompt. Backward guidance generates the object in the box from an empty latent; the stock "
-        "nodes paste it into your image's latent, blend it in at denoise 0.5 and keep every pixel outside "
+        "nodes paste it into your image's latent, blend it in at denoise 0.3 and keep every pixel outside "
         "the box's margin. Load your own image and write your text; a red box in the map means the "
         "network is unsure (is every object the text names in the image?).",
         (0, 0),

@@ -9,7 +9,7 @@ import torch
 
 from benchmarks.shape_world.generator import RELATIONS, sample_grounding
 from benchmarks.shape_world.grounding_phrasing import written_grounding
-from benchmarks.shape_world.metrics import object_overlap, placement_valid
+from benchmarks.shape_world.metrics import object_overlap, placement_valid, placement_validity_grid
 from spatial_control.guidance.grounding import grow_box, heat_image, placement_from_map
 from spatial_control.guidance.grounding_text import parse_grounding
 from spatial_control.models.deformable_alignment import DeformableAlignment
@@ -153,6 +153,24 @@ def test_the_removed_object_is_a_valid_placement_and_an_overlapping_box_is_not()
         if task.scene.objects:
             assert object_overlap(task.scene.objects[0].box, task.scene.masks)
             assert not placement_valid(task.scene.objects[0].box, task)
+
+
+def test_the_training_targets_validity_grid_agrees_with_placement_valid_cell_by_cell():
+    grid = 16
+    for i in range(6):
+        task = written_grounding("eval", i, seed=4).task
+        x0, y0, x1, y1 = task.target.box
+        width, height = x1 - x0, y1 - y0
+        fast = placement_validity_grid(task, grid, width, height)
+        side = task.scene.image.shape[0] / grid
+        slow = np.array([
+            [placement_valid(((ix + 0.5) * side - width / 2, (iy + 0.5) * side - height / 2,
+                              (ix + 0.5) * side + width / 2, (iy + 0.5) * side + height / 2), task)
+             for ix in range(grid)]
+            for iy in range(grid)
+        ])  # fmt: skip
+        assert fast.any() and not fast.all()
+        np.testing.assert_array_equal(fast, slow)
 
 
 def test_empty_text_is_refused():
