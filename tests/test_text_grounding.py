@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.bench_grounding import centred
 from benchmarks.shape_world.generator import RELATIONS, sample_grounding
 from benchmarks.shape_world.grounding_phrasing import written_grounding
 from benchmarks.shape_world.metrics import object_overlap, placement_valid, placement_validity_grid
@@ -164,8 +165,7 @@ def test_the_training_targets_validity_grid_agrees_with_placement_valid_cell_by_
         fast = placement_validity_grid(task, grid, width, height)
         side = task.scene.image.shape[0] / grid
         slow = np.array([
-            [placement_valid(((ix + 0.5) * side - width / 2, (iy + 0.5) * side - height / 2,
-                              (ix + 0.5) * side + width / 2, (iy + 0.5) * side + height / 2), task)
+            [placement_valid(centred((ix + 0.5) * side, (iy + 0.5) * side, width, height), task)
              for ix in range(grid)]
             for iy in range(grid)
         ])  # fmt: skip
