@@ -53,6 +53,12 @@ class EditRequest:
             return self.target
         return f"a {self.target}"
 
+    @property
+    def negative(self) -> str:
+        """The negative prompt of the edit: the object itself for a removal ("a blue cross"; an empty
+        positive prompt alone often leaves it in place), nothing otherwise."""
+        return f"a {self.source}" if self.kind == "remove" and self.source else ""
+
 
 def parse_edit(text: str, source_text: str = "") -> EditRequest:
     """The edit request of ``text``; a non-empty ``source_text`` replaces the parsed source phrase.

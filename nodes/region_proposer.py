@@ -20,6 +20,7 @@ from comfy_api.latest import io, ui
 from ..guidance.backends.comfy_regions import propose_edit_region
 from ..guidance.edit_text import parse_edit
 from ..guidance.errors import UnsupportedModelError
+from ..guidance.grounding import grow_box
 from ..guidance.region_proposer import BudgetError, ProposerSettings
 from ..guidance.regions import Region, box_mask
 from ..models.anchor_vit import load_anchor_vit, load_vit_folder
@@ -139,6 +140,16 @@ class RegionProposer(io.ComfyNode):
                     "the node reports that the image holds nothing of it (it depends on the CLIP: about 0.6 "
                     "for the pack's shape-world CLIP, about 0.2 for a real CLIP).",
                 ),  # fmt: skip
+                io.Float.Input(
+                    "mask_margin",
+                    default=0.1,
+                    min=0.0,
+                    max=2.0,
+                    step=0.05,
+                    tooltip="The mask is the region grown by this share of its side on every side: the area "
+                    "to inpaint, so that a region a little short of the object still covers it (box and "
+                    "REGIONS keep the region itself; 0 = the region).",
+                ),
                 io.String.Input(
                     "vit_folder",
                     default="",
@@ -155,7 +166,11 @@ class RegionProposer(io.ComfyNode):
                 ),
             ],
             outputs=[
-                io.Mask.Output(display_name="mask", tooltip="The chosen region (white = edit here)."),
+                io.Mask.Output(
+                    display_name="mask",
+                    tooltip="The chosen region grown by mask_margin (white = edit here): connect it to "
+                    "SetLatentNoiseMask and ImageCompositeMasked.",
+                ),
                 io.String.Output(
                     display_name="box", tooltip="The region as JSON [x0, y0, x1, y1] in pixels."
                 ),
@@ -170,6 +185,11 @@ class RegionProposer(io.ComfyNode):
                     tooltip="What to generate in the region ('a green circle'; empty for a removal): connect "
                     "it to the edit's CLIP Text Encode.",
                 ),
+                io.String.Output(
+                    display_name="negative_prompt",
+                    tooltip="What must not be generated there: the object itself for a removal ('a blue "
+                    "cross'), empty otherwise. Connect it to the edit's negative CLIP Text Encode.",
+                ),
             ],
             is_output_node=True,
         )
@@ -177,7 +197,7 @@ class RegionProposer(io.ComfyNode):
     @classmethod
     def execute(
         cls, image, edit_text, model, clip, vae, source_text, anchors, iterations, edit_steps, edit_strength,
-        cfg, budget_seconds, seed, min_relevance, vit_folder="", clip_folder="",
+        cfg, budget_seconds, seed, min_relevance, mask_margin, vit_folder="", clip_folder="",
     ) -> io.NodeOutput:  # fmt: skip
         with blame_input(NODE, "edit_text", ValueError):
             request = parse_edit(edit_text, source_text)
@@ -217,13 +237,15 @@ class RegionProposer(io.ComfyNode):
                     f"{proposal.relevance:.2f}, below {settings.min_relevance}); name something the image "
                     "shows"
                 )
-        mask = box_mask(proposal.box, height, width)
+        mask = box_mask(grow_box(proposal.box, mask_margin), height, width)
         x0, y0, x1, y1 = proposal.box
         box = json.dumps([round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)])
-        region = Region(request.target or request.source, mask, 1.0, proposal.box)
+        region_mask = box_mask(proposal.box, height, width)
+        region = Region(request.target or request.source, region_mask, 1.0, proposal.box)
         return io.NodeOutput(
-            mask[None], box, (region,), preview, request.prompt, ui=ui.PreviewImage(preview, cls=cls)
-        )
+            mask[None], box, (region,), preview, request.prompt, request.negative,
+            ui=ui.PreviewImage(preview, cls=cls),
+        )  # fmt: skip
 
 
 def check_image_size(vae, height: int, width: int) -> None:

@@ -52,6 +52,13 @@ def test_edit_texts_split_into_source_and_target(text, kind, source, target, pro
     assert (request.kind, request.source, request.target, request.prompt) == (kind, source, target, prompt)
 
 
+def test_only_a_removal_names_its_object_in_the_negative_prompt():
+    assert parse_edit("remove the blue cross").negative == "a blue cross"
+    assert parse_edit("get rid of the circle").negative == "a circle"
+    for text in ("make the circle green", "turn the red circle into a square", "a green circle"):
+        assert parse_edit(text, "circle").negative == ""
+
+
 def test_source_text_overrides_and_empty_text_is_refused():
     assert parse_edit("a green circle", "red circle").source == "red circle"
     with pytest.raises(ValueError, match="empty"):

@@ -10,12 +10,15 @@ import pytest
 import torch
 
 from scripts.comfy_headless import GraphError
+from spatial_control.guidance.grounding import grow_box
+from spatial_control.guidance.regions import box_mask
 
 pytestmark = pytest.mark.comfyui
 
 DEFAULT_INPUTS = {
     "edit_text": "make the circle green", "source_text": "", "anchors": 2, "iterations": 3, "edit_steps": 1,
     "edit_strength": 0.5, "cfg": 4.0, "budget_seconds": 0.0, "seed": 3, "min_relevance": 0.0,
+    "mask_margin": 0.25,
 }  # fmt: skip
 
 
@@ -41,12 +44,15 @@ def _graph(size: int = 64, **inputs) -> dict:
 
 def test_node_outputs_mask_box_regions_and_preview(comfy):
     result = comfy.run(_graph(), fresh=True)
-    mask, box, regions, preview, prompt = comfy.node_output("3")
+    mask, box, regions, preview, prompt, negative = comfy.node_output("3")
     x0, y0, x1, y1 = json.loads(box)
     assert mask.shape == (1, 64, 64) and 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
-    assert float(mask.sum()) == pytest.approx((x1 - x0) * (y1 - y0), abs=1)
+    # the mask is the region grown by mask_margin (clipped to the image); REGIONS keep the region itself
+    grown = box_mask(grow_box(regions[0].box, DEFAULT_INPUTS["mask_margin"]), 64, 64)
+    assert float(mask[0, y0:y1, x0:x1].min()) == 1.0 and torch.allclose(mask[0], grown)
+    assert float(regions[0].mask.sum()) == pytest.approx((x1 - x0) * (y1 - y0), abs=1)
     assert len(regions) == 1 and regions[0].phrase == "green circle"
-    assert preview.shape == (1, 64, 128, 3) and prompt == "a green circle"
+    assert preview.shape == (1, 64, 128, 3) and prompt == "a green circle" and negative == ""
     assert any(node == "3" for node, *_ in result.progress)
     comfy.run(_graph(), fresh=True)
     assert comfy.node_output("3")[1] == box  # same seed, same region

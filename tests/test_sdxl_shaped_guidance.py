@@ -199,3 +199,68 @@ def test_clip_g_tokenizer_alone_does_not_count_its_padding(comfy):
         "blue square": [6, 7],
     }
     assert prompt_text_tokens(clip, PROMPT) == list(range(1, 8))
+
+
+class _SDXLShapedClip:
+    """A CLIP stand-in that gives SDXL-shaped CONDITIONING (see ``_conditioning``), seeded by the text."""
+
+    def tokenize(self, text):
+        return text
+
+    def encode_from_tokens_scheduled(self, text):
+        return _conditioning(sum(map(ord, text)))
+
+
+class _PoolingVAE:
+    """A VAE stand-in with SDXL's 4 latent channels at 1/8 of the side: mean-pooled RGB and grey in,
+    nearest upsampling out (the model's code path is what the test is about)."""
+
+    def encode(self, pixels):
+        rgb = torch.nn.functional.avg_pool2d(pixels.movedim(-1, 1).float(), 8)
+        return torch.cat([rgb, rgb.mean(1, keepdim=True)], 1) * 2 - 1
+
+    def decode(self, samples):
+        rgb = torch.nn.functional.interpolate((samples[:, :3] + 1) / 2, scale_factor=8, mode="nearest")
+        return rgb.clamp(0, 1).movedim(1, -1)
+
+
+def test_region_proposer_edits_with_an_sdxl_shaped_model(comfy, sdxl_model):
+    from scripts.comfy_headless import find_comfyui
+    from spatial_control.guidance.backends.comfy_regions import ComfyEditor, propose_edit_region
+    from spatial_control.guidance.edit_text import parse_edit
+    from spatial_control.guidance.region_proposer import ProposerSettings
+    from spatial_control.guidance.regions import box_mask
+    from spatial_control.models.anchor_vit import load_anchor_vit
+    from spatial_control.models.shape_clip import ShapeCLIPScorer, load_shape_clip
+    from spatial_control.models.text_encoder import load_clip_tokenizer
+
+    image = torch.rand(1, 64, 64, 3, generator=torch.Generator().manual_seed(0))
+    clip, vae = _SDXLShapedClip(), _PoolingVAE()
+    # the masked editor on SDXL's cond processing (ADM vector from pooled output and sizes)
+    editor = ComfyEditor(sdxl_model, clip, vae, image, "a green circle", steps=2, strength=0.6, seed=1)
+    mask = box_mask((0.25, 0.25, 0.75, 0.75), 64, 64)
+    with torch.inference_mode():
+        edited = editor(mask[None, None])[0]
+    before = vae.decode(vae.encode(image))[0].movedim(-1, 0)
+    inside = mask.bool()
+    assert torch.isfinite(edited).all() and edited.shape == (3, 64, 64)
+    assert torch.allclose(edited[:, ~inside], before[:, ~inside], atol=1e-5)  # kept outside the mask
+    assert (edited[:, inside] - before[:, inside]).abs().mean() > 1e-3  # regenerated inside
+
+    tokenizer = load_clip_tokenizer(find_comfyui() / "comfy" / "sd1_tokenizer")
+    scorer = ShapeCLIPScorer(load_shape_clip(), tokenizer)
+    settings = ProposerSettings(anchors=2, iterations=3, min_relevance=0.0)
+    request = parse_edit("make the circle green")
+
+    def propose():
+        with torch.inference_mode():
+            return propose_edit_region(
+                sdxl_model, clip, vae, image, request, load_anchor_vit()[0], scorer, settings, request.prompt,
+                1, 0.5, 4.0, 3,
+            )  # fmt: skip
+
+    proposal = propose()
+    x0, y0, x1, y1 = proposal.box
+    assert 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1
+    assert len(proposal.candidates) == 2 * len(settings.box_sizes)
+    assert propose().box == proposal.box  # deterministic under its seed
