@@ -89,13 +89,11 @@ class Grounders:
 
     @torch.inference_mode()
     def network(self, arm: str, image: torch.Tensor, text: str):
-        """(pixel box, pixel centre, confidence) from the network's last map."""
-        from spatial_control.guidance.grounding import placement_from_map
+        """(pixel box, pixel centre, confidence) from the network's last map on an IMAGE ``[1, H, W, 3]``."""
+        from spatial_control.guidance.grounding import ground_text
         from spatial_control.models.text_encoder import tokenize
 
-        net = self.networks[arm]
-        out = net(image.to(self.device), tokenize(self.tokenizer, [text]).to(self.device), reconstruct=False)
-        p = placement_from_map(out.heat[-1][0].cpu(), out.log_size[-1][0].cpu())
+        p, _ = ground_text(self.networks[arm], image, tokenize(self.tokenizer, [text]))
         return tuple(v * CANVAS for v in p.box), (p.centre[0] * CANVAS, p.centre[1] * CANVAS), p.confidence
 
     def box(self, arm: str, sample, image: torch.Tensor, rng: np.random.Generator):
@@ -184,7 +182,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
         boxes = {}
         for arm in MAP_ARMS:
             start = time.perf_counter()
-            box, centre, conf = grounders.box(arm, sample, image.movedim(-1, 1), rng)
+            box, centre, conf = grounders.box(arm, sample, image, rng)
             if arm == "ours":
                 seconds.append(time.perf_counter() - start)
                 confidence.append(conf)
@@ -198,7 +196,7 @@ def run(quick: bool = False, device: str = "cpu") -> dict:
     absent = []
     for i in range(absent_count):
         sample = written_grounding("test", count + i, BENCH_SEED, absent_share=1.0)
-        image = torch.from_numpy(sample.task.scene.image).float()[None].movedim(-1, 1) / 255
+        image = torch.from_numpy(sample.task.scene.image).float()[None] / 255
         absent.append(grounders.network("ours", image, sample.text)[2])
     map_keys = ("map_accuracy", "pointing", "box_iou")
     figures = {

@@ -1,9 +1,9 @@
 """Edit instructions as users type them, split into what the region shows now and what it should show.
 
 "make the circle green" -> source "circle", target "green circle"; "turn the red circle into a square" ->
-"red circle" -> "red square"; "remove the blue cross" -> "blue cross" -> "" (background); anything else
-is taken as the target description itself ("a green circle"), with the source from the node's optional
-source text.
+"red circle" -> "red square"; "remove the blue cross" -> "blue cross" -> "" (background); "add a green
+triangle next to the blue square" is recognised as an addition (kind "add"); anything else is taken as the
+target description itself ("a green circle"), with the source from the node's optional source text.
 """
 
 from __future__ import annotations
@@ -15,6 +15,9 @@ _ARTICLE = r"(?:(?:a|an|the)\s+)?"
 _NOUN_ARTICLE = r"(?:a|an)\s+"  # "into a square": a new thing; "to green": a new look of the same thing
 _RECOLOUR_VERBS = r"(?:make|paint|colou?r|recolou?r|turn|change)"
 _PATTERNS = (
+    # A new object beside what is there ("add a green triangle next to the blue square"): no region of the
+    # image shows it yet, so this is text grounding's task (TextGroundingMap), not a region to edit.
+    ("add", re.compile(r"^(?:add|insert|put|place|draw)\s+(?P<new>.+)$")),
     (
         "remove",
         re.compile(
@@ -38,8 +41,9 @@ _POLITE = re.compile(r"^(?:(?:please|can\s+you|could\s+you|would\s+you),?\s+)+|(
 
 @dataclass(frozen=True)
 class EditRequest:
-    """``kind`` is "recolour" / "replace" / "remove" / "describe" (free text); ``source`` is the phrase
-    of what is there now ("" if unknown), ``target`` what the region should show ("" for background)."""
+    """``kind`` is "recolour" / "replace" / "remove" / "add" / "describe" (free text); ``source`` is the
+    phrase of what is there now ("" if unknown), ``target`` what the region should show ("" for
+    background; for "add", the new object and where it goes)."""
 
     kind: str
     source: str
@@ -49,7 +53,7 @@ class EditRequest:
     def prompt(self) -> str:
         """What an editor generates in the region: the target with an article ("a green circle"), the
         user's own words for a free description, nothing (background) for a removal."""
-        if self.kind == "describe" or not self.target:
+        if self.kind in ("describe", "add") or not self.target:
             return self.target
         return f"a {self.target}"
 
@@ -71,6 +75,8 @@ def parse_edit(text: str, source_text: str = "") -> EditRequest:
         match = pattern.match(instruction)
         if match is None:
             continue
+        if kind == "add":
+            return EditRequest(kind, "", match["new"])
         source = match["source"]
         if kind == "remove":
             target = ""

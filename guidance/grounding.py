@@ -48,3 +48,24 @@ def grow_box(box: Box, margin: float) -> Box:
     x0, y0, x1, y1 = box
     dx, dy = margin * (x1 - x0), margin * (y1 - y0)
     return (max(0.0, x0 - dx), max(0.0, y0 - dy), min(1.0, x1 + dx), min(1.0, y1 + dy))
+
+
+def network_input(image: torch.Tensor, size: int) -> torch.Tensor:
+    """``[1, H, W, C]`` IMAGE -> ``[1, 3, size, size]`` (antialiased resize; the network's boxes are
+    fractions of the side, so they map back onto the image as they are)."""
+    pixels = image[:1, ..., :3].movedim(-1, 1).float()
+    if pixels.shape[-2:] == (size, size):
+        return pixels
+    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+
+
+@torch.inference_mode()
+def ground_text(network, image: torch.Tensor, token_ids: torch.Tensor) -> tuple[Placement, torch.Tensor]:
+    """The grounding network (``models.grounding_net``) on the first image of an IMAGE ``[n, H, W, C]``
+    and one text's ``token_ids [1, 77]``: the placement and the last stage's centre heat logits
+    ``[h, w]`` (on the CPU)."""
+    device = next(network.parameters()).device
+    pixels = network_input(image, network.config.image_size).to(device)
+    out = network(pixels, token_ids.to(device), False)
+    heat_logits = out.heat[-1][0].float().cpu()
+    return placement_from_map(heat_logits, out.log_size[-1][0].float().cpu()), heat_logits

@@ -4,34 +4,44 @@ Lin et al., "Text-Driven Image Editing via Learnable Regions" (arXiv 2311.16432)
 self-supervised ViT's [CLS] attention, candidate boxes around them, a region network trained on this
 image with CLIP losses on the edited result (``guidance/region_proposer.py``). The editor in the loop is
 the connected MODEL (masked denoising), so it works on any checkpoint. The MASK feeds the stock
-inpainting path (SetLatentNoiseMask / VAEEncodeForInpaint + KSampler) and RegionBackwardGuidance.
+inpainting path (SetLatentNoiseMask / VAEEncodeForInpaint + KSampler) and RegionBackwardGuidance. An
+addition ("add a Y next to the X") has no region to find yet: its place comes from the text grounding
+network (ST-LDM, the TextGroundingMap node's).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 
 import comfy.model_management
 import comfy.utils
+import torch
 from comfy_api.latest import io, ui
 
 from ..guidance.backends.comfy_regions import propose_edit_region
 from ..guidance.edit_text import parse_edit
 from ..guidance.errors import UnsupportedModelError
-from ..guidance.grounding import grow_box
+from ..guidance.grounding import ground_text, grow_box, heat_image
+from ..guidance.grounding_text import RELATIONS, parse_grounding
 from ..guidance.region_proposer import BudgetError, ProposerSettings
 from ..guidance.regions import Region, box_mask
 from ..models.anchor_vit import load_anchor_vit, load_vit_folder
 from ..models.clip_scorer import load_clip_folder
+from ..models.grounding_net import load_grounding_net
 from ..models.shape_clip import ShapeCLIPScorer, load_shape_clip
+from ..models.text_encoder import tokenize
 from .errors import blame_input
-from .previews import proposal_preview
+from .previews import grounding_preview, heatmap, proposal_preview
 from .tokenizer import comfy_clip_tokenizer
 from .types import Regions
 
 NODE = "RegionProposer"
+LOG = logging.getLogger(__name__)
+# Text Grounding Map's default: flags 0.3% of held-out texts, 62% of those naming an absent object
+MIN_GROUNDING_CONFIDENCE = 0.5
 DEFAULTS = ProposerSettings()
 MIN_LATENT_SIDE, MAX_LATENT_SIDE = 8, 512
 
@@ -68,7 +78,9 @@ class RegionProposer(io.ComfyNode):
                     "edit_text",
                     default="make the circle green",
                     tooltip="The edit: 'make the circle green', 'turn the red circle into a square', "
-                    "'remove the blue cross', or a description of the new content ('a green circle').",
+                    "'remove the blue cross', 'add a red circle next to the blue square' (the place comes "
+                    "from the text grounding network), or a description of the new content ('a green "
+                    "circle').",
                 ),
                 io.Model.Input("model", tooltip="The diffusion model: it edits every candidate region."),
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the edit prompt."),
@@ -164,6 +176,13 @@ class RegionProposer(io.ComfyNode):
                     tooltip="Optional folder of a real CLIP (transformers CLIPModel) for the losses. "
                     "Empty: the pack's shape-world CLIP.",
                 ),
+                io.String.Input(
+                    "grounding_file",
+                    default="",
+                    optional=True,
+                    tooltip="Optional grounding network file (safetensors) for additions ('add a red "
+                    "circle next to the blue square'). Empty: the pack's shape-world network.",
+                ),
             ],
             outputs=[
                 io.Mask.Output(
@@ -198,6 +217,7 @@ class RegionProposer(io.ComfyNode):
     def execute(
         cls, image, edit_text, model, clip, vae, source_text, anchors, iterations, edit_steps, edit_strength,
         cfg, budget_seconds, seed, min_relevance, mask_margin, vit_folder="", clip_folder="",
+        grounding_file="",
     ) -> io.NodeOutput:  # fmt: skip
         with blame_input(NODE, "edit_text", ValueError):
             request = parse_edit(edit_text, source_text)
@@ -211,6 +231,10 @@ class RegionProposer(io.ComfyNode):
                 raise ValueError("the batch is empty: connect an image")
         image = image[:1]
         height, width = image.shape[1:3]
+        with blame_input(NODE, "image", ValueError):
+            check_image_size(vae, height, width)
+        if request.kind == "add":
+            return grounded_addition(cls, image, request.target, mask_margin, grounding_file or "")
         settings = replace(DEFAULTS, anchors=anchors, iterations=iterations, min_relevance=min_relevance)
         vit, scorer = _anchor_vit(vit_folder or ""), _scorer(clip_folder or "")
         progress = comfy.utils.ProgressBar(anchors * len(settings.box_sizes) + iterations)
@@ -219,8 +243,6 @@ class RegionProposer(io.ComfyNode):
             progress.update_absolute(done, total)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        with blame_input(NODE, "image", ValueError):
-            check_image_size(vae, height, width)
         with (
             blame_input(NODE, "model", UnsupportedModelError),
             blame_input(NODE, "budget_seconds", BudgetError),
@@ -237,15 +259,53 @@ class RegionProposer(io.ComfyNode):
                     f"{proposal.relevance:.2f}, below {settings.min_relevance}); name something the image "
                     "shows"
                 )
-        mask = box_mask(grow_box(proposal.box, mask_margin), height, width)
-        x0, y0, x1, y1 = proposal.box
-        box = json.dumps([round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)])
-        region_mask = box_mask(proposal.box, height, width)
-        region = Region(request.target or request.source, region_mask, 1.0, proposal.box)
-        return io.NodeOutput(
-            mask[None], box, (region,), preview, request.prompt, request.negative,
-            ui=ui.PreviewImage(preview, cls=cls),
-        )  # fmt: skip
+        phrase = request.target or request.source
+        return region_outputs(
+            cls, proposal.box, (height, width), phrase, mask_margin, preview, request.prompt, request.negative
+        )
+
+
+def region_outputs(cls, box, size, phrase: str, mask_margin: float, preview, prompt: str, negative: str):
+    """The node's outputs for the fractional ``box`` on an image of ``size`` (height, width): the box
+    grown by ``mask_margin`` as the MASK, the box in pixels, REGIONS of the box itself."""
+    height, width = size
+    mask = box_mask(grow_box(box, mask_margin), height, width)
+    x0, y0, x1, y1 = box
+    pixels = json.dumps([round(x0 * width), round(y0 * height), round(x1 * width), round(y1 * height)])
+    region = Region(phrase, box_mask(box, height, width), 1.0, box)
+    return io.NodeOutput(
+        mask[None], pixels, (region,), preview, prompt, negative, ui=ui.PreviewImage(preview, cls=cls)
+    )
+
+
+def grounded_addition(cls, image, text: str, mask_margin: float, network_file: str) -> io.NodeOutput:
+    """An addition ("add a green triangle next to the blue square"): no region of the image shows the new
+    object yet, so its place comes from the text grounding network (Text Grounding Map's), not from trial
+    edits."""
+    request = parse_grounding(text)
+    if request.relation is None:
+        LOG.warning(
+            "%s: %r names no relation the grounding network knows (%s)", NODE, text, ", ".join(RELATIONS)
+        )
+    with blame_input(NODE, "grounding_file", FileNotFoundError, ValueError):
+        path = Path(network_file.strip()) if network_file.strip() else None
+        network = (load_grounding_net(path) if path else load_grounding_net())[0]
+    network.to(comfy.model_management.get_torch_device())
+    placement, heat_logits = ground_text(network, image, tokenize(comfy_clip_tokenizer(), [text]))
+    height, width = image.shape[1:3]
+    heat = heat_image(heat_logits, height, width)
+    confident = placement.confidence >= MIN_GROUNDING_CONFIDENCE
+    overlay = grounding_preview(image[0, ..., :3].float().cpu(), heat, placement, confident)
+    preview = torch.cat([overlay, heatmap(heat[None])], 2)
+    if not confident:
+        with blame_input(NODE, "edit_text", ValueError):
+            raise ValueError(
+                f"found no place for {request.prompt!r} (map confidence {placement.confidence:.2f}, below "
+                f"{MIN_GROUNDING_CONFIDENCE}): is every object the text names in the image?"
+            )
+    return region_outputs(
+        cls, placement.box, (height, width), request.phrase, mask_margin, preview, request.prompt, ""
+    )
 
 
 def check_image_size(vae, height: int, width: int) -> None:

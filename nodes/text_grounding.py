@@ -15,11 +15,9 @@ import logging
 from pathlib import Path
 
 import comfy.model_management
-import torch
 from comfy_api.latest import io, ui
-from torch.nn import functional as F
 
-from ..guidance.grounding import grow_box, heat_image, placement_from_map
+from ..guidance.grounding import ground_text, grow_box, heat_image
 from ..guidance.grounding_text import RELATIONS, parse_grounding
 from ..guidance.regions import Region, box_mask
 from ..models.grounding_net import load_grounding_net
@@ -37,15 +35,6 @@ MIN_SIDE = 32
 def _network(path: str):
     with blame_input(NODE, "network_file", FileNotFoundError, ValueError):
         return load_grounding_net(Path(path.strip())) if path.strip() else load_grounding_net()
-
-
-def network_input(image: torch.Tensor, size: int) -> torch.Tensor:
-    """``[1, H, W, C]`` IMAGE -> ``[1, 3, size, size]`` (antialiased resize; the network's boxes are
-    fractions of the side, so they map back onto the image as they are)."""
-    pixels = image[:1, ..., :3].movedim(-1, 1).float()
-    if pixels.shape[-2:] == (size, size):
-        return pixels
-    return F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class TextGroundingMap(io.ComfyNode):
@@ -132,16 +121,9 @@ class TextGroundingMap(io.ComfyNode):
             with blame_input(NODE, "image", ValueError):
                 raise ValueError(f"is {width}x{height}; give an image of at least {MIN_SIDE} px per side")
         network, _ = _network(network_file or "")
-        device = comfy.model_management.get_torch_device()
-        network.to(device)
+        network.to(comfy.model_management.get_torch_device())
         size = network.config.image_size
-        tokenizer = comfy_clip_tokenizer()
-        with torch.inference_mode():
-            out = network(
-                network_input(image, size).to(device), tokenize(tokenizer, [text]).to(device), False
-            )
-        heat_logits, log_size = out.heat[-1][0].cpu(), out.log_size[-1][0].cpu()
-        placement = placement_from_map(heat_logits, log_size)
+        placement, heat_logits = ground_text(network, image, tokenize(comfy_clip_tokenizer(), [text]))
         confident = placement.confidence >= min_confidence
         if request.relation is None:
             LOG.warning("%s: %r names no relation the network knows (%s)", NODE, text, ", ".join(RELATIONS))

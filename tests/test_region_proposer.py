@@ -45,6 +45,8 @@ from spatial_control.models.region_generator import RegionGenerator, roi_feature
         ("Please, remove the cross.", "remove", "cross", "", ""),
         ("get rid of the blue cross", "remove", "blue cross", "", ""),
         ("change the red circle into a square", "replace", "red circle", "red square", "a red square"),
+        ("add a red cross next to the circle", "add", "", "a red cross next to the circle",
+         "a red cross next to the circle"),
     ],
 )  # fmt: skip
 def test_edit_texts_split_into_source_and_target(text, kind, source, target, prompt):

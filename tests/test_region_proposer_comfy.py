@@ -1,6 +1,6 @@
 """RegionProposer in real ComfyUI on the random SD1.5-shaped checkpoint: the node's mask, box, regions
 and preview; the same seed gives the same region; its mask feeds the stock inpainting path; bad inputs
-name the node and input."""
+name the node and input; an addition takes its place from the grounding network."""
 
 from __future__ import annotations
 
@@ -88,6 +88,7 @@ def test_mask_feeds_the_stock_inpainting_path(comfy):
     [
         ({"edit_text": " "}, "edit_text", "empty"),
         ({"edit_text": "a green circle"}, "edit_text", "source_text"),
+        ({"edit_text": "add a red square next to the blue circle"}, "edit_text", "found no place"),
         ({"budget_seconds": 0.001}, "budget_seconds", "raise the budget"),
         ({"vit_folder": "/nonexistent/vit"}, "vit_folder", "config.json"),
         ({"min_relevance": 1.0}, "edit_text", "found nothing"),
@@ -100,3 +101,25 @@ def test_bad_inputs_name_the_node_and_input(comfy, inputs, blamed, message):
         comfy.run(_graph(size, **inputs))
     assert f"RegionProposer: input '{blamed}'" in str(err.value) and message in str(err.value)
     assert "Traceback" not in str(err.value)
+
+
+def test_an_addition_takes_its_place_from_the_grounding_network(comfy, sd15):
+    import numpy as np
+    from PIL import Image
+
+    from scripts.comfy_server import EXAMPLE_INPUTS
+
+    pixels = np.array(Image.open(EXAMPLE_INPUTS / "grounding_example.png").convert("RGB"))
+    image = torch.from_numpy(pixels).float()[None] / 255
+    text = "a blue circle on the right of the yellow square"
+    inputs = {**DEFAULT_INPUTS, "edit_text": f"add {text}"}
+    proposer = comfy.node_classes["RegionProposer"].execute(
+        image, model=sd15[0], clip=sd15[1], vae=sd15[2], **inputs
+    )
+    mask, box, regions, preview, prompt, negative = proposer.result
+    grounding = comfy.node_classes["TextGroundingMap"].execute(image, text, 0.5, 0.25).result
+    assert box == grounding[2] and regions[0].box == grounding[3][0].box  # the network's place
+    assert regions[0].phrase == "blue circle" and prompt == "a blue circle" and negative == ""
+    grown = box_mask(grow_box(regions[0].box, DEFAULT_INPUTS["mask_margin"]), *image.shape[1:3])
+    height, width = image.shape[1:3]
+    assert torch.equal(mask[0], grown) and preview.shape == (1, height, 2 * width, 3)
