@@ -125,28 +125,31 @@ def tog_record(session, sample, image: torch.Tensor, box, arm: str, seed: int) -
     request = parse_grounding(sample.text)
     task = sample.task
     if arm == "whole_image":
-        area = (0.0, 0.0, 1.0, 1.0)
-        edited = session.masked_generation(image, area, sample.text, None, 1.0, seed)
+        edited = session.masked_generation(image, (0.0, 0.0, 1.0, 1.0), sample.text, None, 1.0, seed)
+        fallback = task.target.box
     else:
         fraction = tuple(min(1.0, max(0.0, v / CANVAS)) for v in box)
         area = grow_box(fraction, MASK_MARGIN)
         edited = session.grounded_generation(image, fraction, area, request.prompt, request.phrase, seed)
+        fallback = tuple(int(round(v * CANVAS)) for v in area)
+    return {"relation": task.relation, **addition_figures(task, edited, fallback)}
+
+
+def addition_figures(task, edited: np.ndarray, fallback) -> dict:
+    """Score ``edited`` (uint8 ``[H, W, 3]``), into which the ``GroundingTask``'s object was to be added:
+    ``tog_success`` (an object of its colour and shape is detected at a valid place), ``object_generated``
+    and ``psnr_outside`` the made object's box grown 2 px (when none was made, outside the pixel box
+    ``fallback``), capped at 60."""
     pair = (task.target.colour, task.target.shape)
     found = [d for d in detect_objects(edited) if d.pair == pair]
     valid = [d for d in found if placement_valid(d.box, task)]
     made = (valid or found or [None])[0]
+    x0, y0, x1, y1 = (
+        fallback if made is None else (made.box[0] - 2, made.box[1] - 2, made.box[2] + 2, made.box[3] + 2)
+    )
     keep_out = np.zeros((CANVAS, CANVAS), bool)
-    if made is not None:
-        bx0, by0, bx1, by1 = made.box
-        keep_out[max(0, by0 - 2) : by1 + 2, max(0, bx0 - 2) : bx1 + 2] = True
-    elif arm == "whole_image":
-        tx0, ty0, tx1, ty1 = task.target.box
-        keep_out[ty0:ty1, tx0:tx1] = True
-    else:
-        fx0, fy0, fx1, fy1 = (int(round(v * CANVAS)) for v in area)
-        keep_out[fy0:fy1, fx0:fx1] = True
+    keep_out[max(0, y0) : y1, max(0, x0) : x1] = True
     return {
-        "relation": task.relation,
         "tog_success": bool(valid),
         "object_generated": bool(found),
         "psnr_outside": float(min(PSNR_CAP, psnr_outside(edited, task.scene.image, keep_out))),

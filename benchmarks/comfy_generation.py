@@ -65,9 +65,9 @@ class DemoModelSession:
 
         return locate_phrases(self.clip, caption, phrases)
 
-    def guided_model(self, prompt: str, phrase: str, mask: torch.Tensor, box):
-        """The MODEL patched by RegionBackwardGuidance (its defaults) to put ``phrase`` in the region
-        (``mask [1, H, W]``, fractional ``box``)."""
+    def guided_model(self, prompt: str, phrase: str, mask: torch.Tensor, box, **settings):
+        """The MODEL patched by RegionBackwardGuidance (its defaults, but for ``settings``, e.g.
+        ``target_scale=0.6``) to put ``phrase`` in the region (``mask [1, H, W]``, fractional ``box``)."""
         from spatial_control.guidance.regions import Region
 
         node = self.nodes["RegionBackwardGuidance"]
@@ -77,25 +77,28 @@ class DemoModelSession:
             if i.id != "prompt" and getattr(i, "default", None) is not None
         }
         region = Region(phrase, mask[0], 1.0, tuple(box))
-        return node.execute(self.model, self.clip, (region,), prompt, **defaults).result[0]
+        return node.execute(self.model, self.clip, (region,), prompt, **(defaults | settings)).result[0]
 
     def masked_generation(
-        self, image: torch.Tensor, box, prompt: str, phrase: str | None, denoise: float, seed: int
-    ) -> np.ndarray:
-        """Stock inpainting in a fractional ``box`` of ``image [1, H, W, 3]``: VAEEncode, SetLatentNoiseMask,
-        KSampler (20 steps DPM++ 2M Karras, CFG 4) with the model guided by RegionBackwardGuidance to put
-        ``phrase`` in the box (unguided without a phrase), VAEDecode, ImageCompositeMasked into the
-        original: uint8 ``[H, W, 3]``."""
+        self, image: torch.Tensor, box, prompt: str, phrase: str | None, denoise: float, seed: int,
+        area=None, negative: str = "",
+    ) -> np.ndarray:  # fmt: skip
+        """Stock inpainting in a fractional ``area`` (default: ``box``) of ``image [1, H, W, 3]``: VAEEncode,
+        SetLatentNoiseMask, KSampler (20 steps DPM++ 2M Karras, CFG 4, ``negative`` prompt) with the model
+        guided by RegionBackwardGuidance to put ``phrase`` in ``box`` (unguided without a phrase),
+        VAEDecode, ImageCompositeMasked into the original: uint8 ``[H, W, 3]``."""
         from spatial_control.guidance.regions import box_mask
 
         nodes = self.nodes
         h, w = image.shape[1:3]
-        mask = box_mask(box, h, w)[None]
+        mask = box_mask(area or box, h, w)[None]
         with torch.inference_mode():
-            model = self.guided_model(prompt, phrase, mask, box) if phrase else self.model
+            model = self.model
+            if phrase:
+                model = self.guided_model(prompt, phrase, box_mask(box, h, w)[None], box)
             (latent,) = nodes["VAEEncode"]().encode(self.vae, image)
             (latent,) = nodes["SetLatentNoiseMask"]().set_mask(latent, mask)
-            positive, negative = self.encode([prompt]), self.encode([""])
+            positive, negative = self.encode([prompt]), self.encode([negative])
             (out,) = nodes["KSampler"]().sample(
                 model, seed, 20, 4.0, "dpmpp_2m", "karras", positive, negative, latent, denoise=denoise
             )
@@ -104,20 +107,22 @@ class DemoModelSession:
         return (composite[0].numpy() * 255).round().astype(np.uint8)
 
     def grounded_generation(
-        self, image: torch.Tensor, box, area, prompt: str, phrase: str, seed: int, harmonise: float = 0.3
-    ) -> np.ndarray:
+        self, image: torch.Tensor, box, area, prompt: str, phrase: str, seed: int, harmonise: float = 0.3,
+        **guidance,
+    ) -> np.ndarray:  # fmt: skip
         """Text-grounded object generation in two stock passes, the model guided by RegionBackwardGuidance
         to put ``phrase`` in the fractional ``box``: KSampler from an empty latent lays the object out;
         LatentCompositeMasked pastes the ``area`` around it into the image's latent, SetLatentNoiseMask +
         KSampler (denoise ``harmonise``) blends it in; VAEDecode, ImageCompositeMasked keeps every pixel
-        outside ``area``. uint8 ``[H, W, 3]``."""
+        outside ``area``. ``guidance``: RegionBackwardGuidance settings other than its defaults. uint8
+        ``[H, W, 3]``."""
         from spatial_control.guidance.regions import box_mask
 
         nodes = self.nodes
         h, w = image.shape[1:3]
         mask = box_mask(area, h, w)[None]
         with torch.inference_mode():
-            model = self.guided_model(prompt, phrase, box_mask(box, h, w)[None], box)
+            model = self.guided_model(prompt, phrase, box_mask(box, h, w)[None], box, **guidance)
             positive, negative = self.encode([prompt]), self.encode([""])
             (source,) = nodes["VAEEncode"]().encode(self.vae, image)
             empty = nodes["EmptyLatentImage"]().generate(w, h, 1)[0]

@@ -82,6 +82,21 @@ def test_region_proposer_scores_the_true_edit_as_success_and_summarises_per_kind
     assert figures["share_30db"] == 1.0
 
 
+def test_region_proposer_scores_an_addition_by_a_valid_place():
+    from benchmarks.bench_region_proposer import sample_task, score
+
+    task, text, box = sample_task("add", 1)
+    assert text.startswith("add a ") and " next to the " in text
+    fraction = tuple(v / 128 for v in box)
+    made = score("add", task, task.full_scene.image, fraction)  # the object back at its true place
+    assert made["edit_success"] and made["region_valid"] and made["psnr_outside"] == 60.0
+    assert not score("add", task, task.scene.image, fraction)["edit_success"]  # nothing added
+    x0, y0, x1, y1 = task.full_scene.boxes[task.full_scene.pairs.index(task.anchors[0])]
+    assert not score("add", task, task.full_scene.image, (x0 / 128, y0 / 128, x1 / 128, y1 / 128))[
+        "region_valid"
+    ]
+
+
 def test_grounding_map_record_scores_the_true_box_valid_and_summarises_per_relation():
     import numpy as np
 
