@@ -23,6 +23,14 @@ class RegionShapeError(ValueError):
     """A region's mask does not have the aspect ratio of the latent it is meant to steer."""
 
 
+class RegionTextError(ValueError):
+    """A segment map's list of colours and texts is malformed, or names a colour the map lacks."""
+
+
+class SegmentMapError(ValueError):
+    """A segment map cannot be split into the listed regions (its shape, or an unlisted colour)."""
+
+
 class ShortConditioningError(ValueError):
     """The conditioning a sampler uses lacks tokens that a patch of the MODEL was set up for."""
 

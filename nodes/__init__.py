@@ -8,9 +8,11 @@ from .attention_masking import RegionAttentionMasking
 from .concept_em import ConceptTokenEM
 from .demo_model import ShapeWorldDemoModel
 from .guided_sampler import RegionGuidedKSampler, RegionGuider
+from .multi_conditional_cfg import MultiConditionalCFGGuider
 from .region_guidance import RegionBackwardGuidance
 from .region_proposer import RegionProposer
 from .regions import RegionFromBox, RegionFromMask
+from .spatio_textual import SpatioTextualEncoder
 from .text_grounding import TextGroundingMap
 
 NODES: list[type[io.ComfyNode]] = [
@@ -25,6 +27,8 @@ NODES: list[type[io.ComfyNode]] = [
     ConceptTokenEM,
     RegionProposer,
     TextGroundingMap,
+    SpatioTextualEncoder,
+    MultiConditionalCFGGuider,
 ]
 
 

@@ -24,34 +24,37 @@ NODE = "RegionAttentionMasking"
 DEFAULT_END = 0.3
 
 
-def masking_inputs() -> list:
-    return [
+def masking_inputs(end_default: float = DEFAULT_END, region_prompts: bool = True) -> list:
+    """The masking schedule and layers; ``region_prompts`` False leaves out that switch (for a node
+    whose regions always have their own prompts)."""
+    schedule = [
         fraction_input(
             "start_at", 0.0, "First sampling step whose attention is masked, as a fraction of the steps."
         ),
         fraction_input(
             "end_at",
-            DEFAULT_END,
+            end_default,
             "Mask the steps before this fraction of the steps: the layout is decided early, and later steps "
             "left free blend the regions' edges. 1 = every step.",
         ),
-        io.Boolean.Input(
-            "region_prompts",
-            default=False,
-            tooltip="Also encode each region's phrase on its own, appended to the prompt's tokens, and let "
-            "only its region attend to it (attention couple). Without it only the phrase's words in the "
-            "prompt are masked, and the words after them, which the text encoder let see the phrase, still "
-            "carry it everywhere. Off by default: on the demo model it placed nothing more and lowered "
-            "fidelity (docs/region_guidance.md).",
-        ),
-        io.Combo.Input(
-            "layers",
-            options=list(LAYER_PRESETS),
-            default="all",
-            tooltip="Cross-attention layers to mask: 'all', 'coarse' (mid block and the coarsest decoder "
-            "levels), 'input', 'middle', 'output' or 'encoder' (input and middle).",
-        ),
     ]
+    couple = io.Boolean.Input(
+        "region_prompts",
+        default=False,
+        tooltip="Also encode each region's phrase on its own, appended to the prompt's tokens, and let "
+        "only its region attend to it (attention couple). Without it only the phrase's words in the "
+        "prompt are masked, and the words after them, which the text encoder let see the phrase, still "
+        "carry it everywhere. Off by default: on the demo model it placed nothing more and lowered "
+        "fidelity (docs/region_guidance.md).",
+    )
+    layers = io.Combo.Input(
+        "layers",
+        options=list(LAYER_PRESETS),
+        default="all",
+        tooltip="Cross-attention layers to mask: 'all', 'coarse' (mid block and the coarsest decoder "
+        "levels), 'input', 'middle', 'output' or 'encoder' (input and middle).",
+    )
+    return [*schedule, *([couple] if region_prompts else []), layers]
 
 
 def encode(clip, text: str):
@@ -91,20 +94,28 @@ def make_masking(
     """``(MODEL clone whose chosen layers mask each region's tokens outside its region, positive
     CONDITIONING to sample with)``."""
     positions = region_token_positions(node, clip, regions, prompt)
-    with blame_input(node, "model", UnsupportedModelError):
-        all_layers = cross_attention_layers(model)
-    with blame_input(node, "layers", ValueError):
-        chosen = select_layers(all_layers, layers)
     targets = [RegionTarget(tuple(positions[r.phrase]), r.mask, r.weight, r.phrase) for r in regions]
     if region_prompts:
         positive, chunk_targets = region_prompts_conditioning(clip, prompt, regions)
         targets += chunk_targets
     else:
         positive = encode(clip, prompt)
+    return install_masking(node, model, targets, start_at, end_at, layers), positive
+
+
+def install_masking(
+    node: str, model, targets: list[RegionTarget], start_at, end_at, layers: str, mask_input: str = "regions"
+):
+    """The MODEL clone whose ``layers`` mask each target's tokens outside its mask in the steps
+    ``[start_at, end_at)``; errors at sampling time name ``node`` and its input ``mask_input``."""
+    with blame_input(node, "model", UnsupportedModelError):
+        all_layers = cross_attention_layers(model)
+    with blame_input(node, "layers", ValueError):
+        chosen = select_layers(all_layers, layers)
     with blame_input(node, "end_at", ValueError):
         masking = RegionAttentionMask(tuple(targets), start_at, end_at)
     with blame_input(node, "model", UnsupportedModelError):
-        return install_attention_masking(model, chosen, masking, owner=node), positive
+        return install_attention_masking(model, chosen, masking, owner=node, mask_input=mask_input)
 
 
 class RegionAttentionMasking(io.ComfyNode):

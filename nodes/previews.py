@@ -67,3 +67,16 @@ def grounding_preview(image: torch.Tensor, heat: torch.Tensor, placement, confid
     cx, cy = min(int(placement.centre[0] * w), w - 1), min(int(placement.centre[1] * h), h - 1)
     out[max(cy - thin, 0) : cy + thin + 1, max(cx - thin, 0) : cx + thin + 1] = 1.0
     return out.clamp(0, 1)[None]
+
+
+def segment_preview(segment_map: torch.Tensor, masks: torch.Tensor, colours: list[tuple[int, int, int]]):
+    """``[1, H, 2W, 3]``: the segment map ``[H, W, 3]`` beside the regions it was parsed into, each
+    filled with its listed colour (anti-aliased edges resolved) over a grey checkerboard where no
+    region is (the background, described by the global prompt alone)."""
+    h, w = masks.shape[-2:]
+    cell = max(4, min(h, w) // 16)
+    ys, xs = torch.arange(h)[:, None] // cell, torch.arange(w)[None, :] // cell
+    parsed = (0.35 + 0.15 * ((ys + xs) % 2).float())[..., None].expand(h, w, 3).clone()
+    for mask, colour in zip(masks.cpu(), colours, strict=True):
+        parsed[mask > 0.5] = torch.tensor(colour, dtype=torch.float32) / 255.0
+    return torch.cat([segment_map.float().cpu(), parsed], 1).clamp(0, 1)[None]

@@ -52,11 +52,13 @@ class RegionCrossAttention:
         inner=None,
         masking: RegionAttentionMask | None = None,
         owner: str = "RegionAttentionMasking",
+        mask_input: str = "regions",
     ):
         self.patch_key = patch_key
         self.inner = inner
         self.masking = masking
         self.owner = owner  # the node that asked for the masking, named in errors
+        self.mask_input = mask_input  # its input the masks came from, named in errors
 
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
@@ -89,7 +91,7 @@ class RegionCrossAttention:
         labels = torch.tensor(chunks).repeat_interleave(q.shape[0] // len(chunks))
         latent_hw = tuple(extra_options["original_shape"][-2:])
         with (
-            blame_input(self.owner, "regions", RegionShapeError),
+            blame_input(self.owner, self.mask_input, RegionShapeError),
             blame_input(self.owner, "positive", ShortConditioningError),
         ):
             return self.masking.batch_bias(q.shape[1], latent_hw, k.shape[1], labels).to(q.device)
@@ -179,8 +181,10 @@ def install_attention_masking(
     layers: list[CrossAttentionLayer],
     masking: RegionAttentionMask,
     owner: str = "RegionAttentionMasking",
+    mask_input: str = "regions",
 ):
-    """Return ``model_patcher.clone()`` whose ``layers`` mask region tokens outside their regions.
+    """Return ``model_patcher.clone()`` whose ``layers`` mask region tokens outside their regions;
+    errors at sampling time name ``owner`` and its input ``mask_input``.
 
     A slot that holds the pack's own patch keeps its capture and gains the masking (the latest
     masking replaces an earlier one); a slot held by another pack's patch is refused, since masking
@@ -197,7 +201,7 @@ def install_attention_masking(
                 "it: connect the MODEL before that node, or turn attention masking off"
             )
         inner = held.inner if held is not None else None
-        patch = RegionCrossAttention(key, inner, masking, owner)
+        patch = RegionCrossAttention(key, inner, masking, owner, mask_input)
         m.set_model_attn2_replace(patch, layer.block, layer.block_id, layer.index)
     return m
 

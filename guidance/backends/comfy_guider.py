@@ -16,6 +16,22 @@ from ..regional_cfg import region_guidance_term
 from ..regions import resize_mask
 
 
+def host_cfg(guider: comfy.samplers.CFGGuider, pair: list, x, timestep, model_options: dict):
+    """``(CFG result, predictions)`` of the ``[positive, negative]`` predictions ``pair`` at
+    ``guider.cfg`` through ComfyUI's own CFG, as the stock CFGGuider does it: the MODEL's pre-CFG
+    functions (which may change the predictions, returned), CFG function and post-CFG functions apply."""
+    cond, uncond = guider.conds.get("positive"), guider.conds.get("negative")
+    for fn in model_options.get("sampler_pre_cfg_function", []):
+        pair = fn({
+            "conds": [cond, uncond], "conds_out": pair, "cond_scale": guider.cfg, "timestep": timestep,
+            "input": x, "sigma": timestep, "model": guider.inner_model, "model_options": model_options,
+        })  # fmt: skip
+    out = comfy.samplers.cfg_function(
+        guider.inner_model, pair[0], pair[1], guider.cfg, x, timestep, model_options, cond=cond, uncond=uncond
+    )
+    return out, pair
+
+
 class RegionalCFGGuider(comfy.samplers.CFGGuider):
     """``region_conds``: one CONDITIONING per region; ``region_masks``: ``[H, W]`` masks (any size);
     ``scales``: one CFG scale per region."""
@@ -38,20 +54,11 @@ class RegionalCFGGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options=None, seed=None):
         model_options = model_options or {}
-        cond, uncond = self.conds.get("positive"), self.conds.get("negative")
         names = ["positive", "negative", *self.region_names]
         outs = comfy.samplers.calc_cond_batch(
             self.inner_model, [self.conds.get(n) for n in names], x, timestep, model_options
         )
-        pair = outs[:2]
-        for fn in model_options.get("sampler_pre_cfg_function", []):
-            pair = fn({
-                "conds": [cond, uncond], "conds_out": pair, "cond_scale": self.cfg, "timestep": timestep,
-                "input": x, "sigma": timestep, "model": self.inner_model, "model_options": model_options,
-            })  # fmt: skip
-        out = comfy.samplers.cfg_function(
-            self.inner_model, pair[0], pair[1], self.cfg, x, timestep, model_options, cond=cond, uncond=uncond
-        )
+        out, pair = host_cfg(self, outs[:2], x, timestep, model_options)
         if not self.region_names:
             return out
         masks = torch.stack([resize_mask(m.to(x.device), x.shape[-2:]) for m in self.region_masks])

@@ -1,0 +1,130 @@
+"""SpatioTextualEncoder: a painted segment map with a free-form text per colour, for any checkpoint.
+
+SpaText's interface (Avrahami et al., CVPR 2023, arXiv:2211.14305): a global prompt for the whole
+image and, for each painted region, its own description. Training-free path: each region's text is
+encoded on its own and appended to the global prompt's tokens, and the MODEL's cross-attention lets
+only the region attend to it (regional attention masking, ``guidance/attention_masking.py``, the
+same patch as RegionAttentionMasking). Works with the stock KSampler; the REGIONS also feed Region
+Backward Guidance, and Multi-Conditional CFG Guider gives the global prompt its own scale.
+"""
+
+from __future__ import annotations
+
+from comfy_api.latest import io, ui
+
+from ..guidance.errors import RegionTextError, SegmentMapError
+from ..guidance.regions import Region
+from ..guidance.segment_map import MAX_REGIONS, parse_colour, parse_region_texts, split_segment_map
+from .attention_masking import encode, install_masking, masking_inputs, region_prompts_conditioning
+from .errors import blame_input
+from .previews import segment_preview
+from .types import Regions
+
+NODE = "SpatioTextualEncoder"
+
+
+class SpatioTextualEncoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE,
+            display_name="Spatio-Textual Encoder",
+            category="spatial_control/conditioning",
+            description="Paint regions in flat colours and describe each in its own words (SpaText): "
+            "each region's text shapes the image only inside its region, the global prompt the whole "
+            "image. Training-free, for any SD1.x/SD2.x/SDXL checkpoint. Connect the MODEL and positive "
+            "to a stock KSampler, or all three conditionings to Multi-Conditional CFG Guider.",
+            inputs=[
+                io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet)."),
+                io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the texts."),
+                io.Image.Input(
+                    "segment_map",
+                    tooltip="The regions, painted in flat colours on the background colour, at the size "
+                    "of the image to generate (any resolution of the same aspect ratio). Anti-aliased "
+                    "edges are split between the colours they blend. Its aspect ratio must be the "
+                    "latent's: this is checked when sampling, and a map of another aspect is refused "
+                    "there (it would be squashed onto the latent).",
+                ),
+                io.String.Input(
+                    "region_texts",
+                    multiline=True,
+                    default="#ff0000: a red circle\n#0000ff: a blue square",
+                    tooltip="One line per painted colour: '#rrggbb: what the region shows' (or #rgb). "
+                    f"Every painted colour needs a line and every line a painted region; at most "
+                    f"{MAX_REGIONS} regions.",
+                ),
+                io.String.Input(
+                    "global_prompt",
+                    multiline=True,
+                    default="a red circle and a blue square on a grey background",
+                    tooltip="Describes the whole image, background included. To chain Region Backward "
+                    "Guidance, write each region's text in it too and give that node the same prompt.",
+                ),
+                io.String.Input(
+                    "background",
+                    default="#000000",
+                    tooltip="The colour of the unpainted background (#rrggbb): no region of its own, "
+                    "described by the global prompt alone. Need not occur in the map.",
+                ),
+                *masking_inputs(end_default=1.0, region_prompts=False),
+            ],
+            outputs=[
+                io.Model.Output(
+                    display_name="model",
+                    tooltip="The model with each region's text masked to its region; to KSampler or the "
+                    "guider (without it, the region texts act everywhere).",
+                ),
+                io.Conditioning.Output(
+                    display_name="positive",
+                    tooltip="The global prompt followed by each region's text: the spatio-textual "
+                    "conditioning; to KSampler's positive or the guider's spatial_positive.",
+                ),
+                io.Conditioning.Output(
+                    display_name="global_positive",
+                    tooltip="The global prompt alone; to Multi-Conditional CFG Guider's global_positive.",
+                ),
+                Regions.Output(
+                    display_name="regions",
+                    tooltip="One region per line, its text as phrase and its mask at the map's "
+                    "resolution; e.g. to Region Backward Guidance.",
+                ),
+                io.Mask.Output(display_name="masks", tooltip="One mask per region, in the lines' order."),
+                io.Image.Output(
+                    display_name="preview",
+                    tooltip="The segment map beside the regions parsed from it, each in its listed "
+                    "colour, over a grey checkerboard where the background is.",
+                ),
+            ],
+        )
+
+    @classmethod
+    def execute(
+        cls, model, clip, segment_map, region_texts, global_prompt, background, start_at, end_at, layers
+    ) -> io.NodeOutput:
+        with blame_input(NODE, "region_texts", RegionTextError):
+            entries = parse_region_texts(region_texts)
+        with blame_input(NODE, "background", ValueError):
+            background_colour = parse_colour(background)
+        if segment_map.shape[0] != 1:
+            with blame_input(NODE, "segment_map", SegmentMapError):
+                raise SegmentMapError(
+                    f"got a batch of {segment_map.shape[0]} images: connect one segment map"
+                )
+        with (
+            blame_input(NODE, "segment_map", SegmentMapError),
+            blame_input(NODE, "region_texts", RegionTextError),
+        ):
+            masks = split_segment_map(segment_map[0], entries, background_colour)
+        regions = tuple(Region(e.text, mask) for e, mask in zip(entries, masks, strict=True))
+        positive, targets = region_prompts_conditioning(clip, global_prompt, regions)
+        masked = install_masking(NODE, model, targets, start_at, end_at, layers, mask_input="segment_map")
+        preview = segment_preview(segment_map[0], masks, [e.colour for e in entries])
+        return io.NodeOutput(
+            masked,
+            positive,
+            encode(clip, global_prompt),
+            regions,
+            masks,
+            preview,
+            ui=ui.PreviewImage(preview, cls=cls),
+        )
