@@ -209,42 +209,54 @@ def concepts() -> WorkflowSpec:
 
 EDIT_IMAGE = "edit_example.png"
 EDIT_TASK = ("test", 0, "recolour")  # sample_edit_task arguments of the region-edit example
+RESHAPE_IMAGE = "reshape_example.png"
+RESHAPE_TASK = ("test", 2, "reshape")  # sample_edit_task arguments of the region-reshape example
 
 
-def write_edit_image() -> None:
-    """The region-edit workflow's example image: a held-out shape-world edit task's scene."""
+def write_edit_images() -> None:
+    """The region-edit workflows' example images: held-out shape-world edit tasks' scenes."""
     from PIL import Image
 
     from benchmarks.shape_world.generator import sample_edit_task
 
     EXAMPLE_INPUTS.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(sample_edit_task(*EDIT_TASK).scene.image).save(EXAMPLE_INPUTS / EDIT_IMAGE)
+    for name, task in ((EDIT_IMAGE, EDIT_TASK), (RESHAPE_IMAGE, RESHAPE_TASK)):
+        Image.fromarray(sample_edit_task(*task).scene.image).save(EXAMPLE_INPUTS / name)
 
 
-def region_edit() -> WorkflowSpec:
+def _proposed_region(w: WorkflowSpec, image_name: str, task: tuple):
+    """Demo model, the image and the Region Proposer with its preview; the model, image and proposer."""
     from benchmarks.shape_world.generator import sample_edit_task
 
-    w = WorkflowSpec("shape_world_region_edit")
     model = w.node("ShapeWorldDemoModel", (0, 0), "Shape World Demo Model")
-    negative = w.node("CLIPTextEncode", (0, 0), "Negative prompt (empty)", text="", clip=model[1])
-    w.group("Model", model, negative)
-    image = w.node("LoadImage", (1, 0), "Image to edit", image=EDIT_IMAGE)
+    w.group("Model", model)
+    image = w.node("LoadImage", (1, 0), "Image to edit", image=image_name)
     proposer = w.node(
         "RegionProposer", (1, 0), "Region Proposer", image=image[0], model=model[0], clip=model[1],
-        vae=model[2], edit_text=sample_edit_task(*EDIT_TASK).text,
+        vae=model[2], edit_text=sample_edit_task(*task).text,
     )  # fmt: skip
     proposal = w.node(
         "SaveImage", (2, 0), "Proposal", images=proposer[3], filename_prefix="shape_world/region_proposal"
     )
     w.group("Find the region the text is about (no mask drawn)", image, proposer, proposal)
+    return model, image, proposer
+
+
+def region_edit() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_region_edit")
+    model, image, proposer = _proposed_region(w, EDIT_IMAGE, EDIT_TASK)
     encoded = w.node("VAEEncode", (2, 0), "VAE Encode", pixels=image[0], vae=model[2])
     masked = w.node(
         "SetLatentNoiseMask", (2, 0), "Edit inside the region", samples=encoded[0], mask=proposer[0]
     )
-    positive = w.node("CLIPTextEncode", (3, 0), "What goes there", text=proposer[4], clip=model[1])
+    guidance = w.node(
+        "RegionBackwardGuidance", (3, 0), "Region Backward Guidance", model=model[0], clip=model[1],
+        regions=proposer[2], prompt=proposer[4],
+    )  # fmt: skip
+    negative = w.node("CLIPTextEncode", (3, 0), "Negative prompt", text=proposer[5], clip=model[1])
     sampler = w.node(
-        "KSampler", (3, 0), "KSampler (denoise 0.6 recolours, ~0.9 reshapes or removes)", model=model[0],
-        positive=positive[0], negative=negative[0], latent_image=masked[0], seed=7, denoise=0.6, **SAMPLING,
+        "KSampler", (3, 0), "KSampler (denoise 0.6 recolours)", model=guidance[0], positive=guidance[1],
+        negative=negative[0], latent_image=masked[0], seed=7, denoise=0.6, **SAMPLING,
     )  # fmt: skip
     decoded = w.node("VAEDecode", (4, 0), "VAE Decode", samples=sampler[0], vae=model[2])
     pasted = w.node(
@@ -252,12 +264,70 @@ def region_edit() -> WorkflowSpec:
         source=decoded[0], x=0, y=0, resize_source=False, mask=proposer[0],
     )  # fmt: skip
     save = w.node("SaveImage", (4, 0), "Edited", images=pasted[0], filename_prefix="shape_world/region_edit")
-    w.group("Edit there (stock inpainting nodes)", encoded, masked, positive, sampler, decoded, pasted, save)
+    w.group(
+        "Edit there (stock inpainting nodes)", encoded, masked, guidance, negative, sampler, decoded, pasted,
+        save,
+    )  # fmt: skip
     w.note(
-        "Region Proposer reads the edit text ('make the X Y', 'turn the X into a Y', 'remove the X'), finds "
-        "the region it is about (anchors from a self-supervised ViT, candidate boxes edited once each by the "
-        "model, a region network trained on this image with CLIP losses) and outputs its mask and the "
-        "prompt for it. The stock nodes then edit only there. Load your own image and write your edit.",
+        "Region Proposer reads the edit text ('make the X Y', 'turn the X into a Y', 'remove the X', 'add"
+        " a Y next to the X'), finds the region it is about (anchors from a self-supervised ViT, "
+        "candidate boxes edited once each by the model, a region network trained on this image with CLIP "
+        "losses) and outputs its mask (the region with a margin), REGIONS, the prompt for it and, for a "
+        "removal, the object as the negative prompt. Region Backward Guidance keeps the new look inside "
+        "the region; the stock nodes edit only there (denoise 0.6 recolours). A removal has nothing to "
+        "guide: connect the model and an encoder of the empty prompt straight to KSampler, at denoise "
+        "1.0. A new shape takes two passes (shape_world_region_reshape). Load your own image and write "
+        "your edit.",
+        (0, 0),
+    )
+    return w
+
+
+def _blend_in(w: WorkflowSpec, model, image, guidance, negative, layout, mask, title: str, name: str):
+    """The second pass of a two-pass generation: the laid-out ``layout`` latent pasted into the image's
+    latent inside ``mask``, blended in at denoise 0.3 and decoded, every pixel outside kept (columns 4-6)."""
+    encoded = w.node("VAEEncode", (4, 0), "VAE Encode", pixels=image[0], vae=model[2])
+    pasted = w.node(
+        "LatentCompositeMasked", (4, 0), "Paste it into the image", destination=encoded[0], source=layout[0],
+        x=0, y=0, resize_source=False, mask=mask,
+    )  # fmt: skip
+    masked = w.node("SetLatentNoiseMask", (4, 0), "Only around it", samples=pasted[0], mask=mask)
+    blend = w.node(
+        "KSampler", (5, 0), "KSampler: blend it in (denoise 0.3)", model=guidance[0], positive=guidance[1],
+        negative=negative[0], latent_image=masked[0], seed=7, denoise=0.3, **SAMPLING,
+    )  # fmt: skip
+    decoded = w.node("VAEDecode", (5, 0), "VAE Decode", samples=blend[0], vae=model[2])
+    kept = w.node(
+        "ImageCompositeMasked", (6, 0), "Keep every pixel outside", destination=image[0], source=decoded[0],
+        x=0, y=0, resize_source=False, mask=mask,
+    )  # fmt: skip
+    save = w.node("SaveImage", (6, 0), title, images=kept[0], filename_prefix=f"shape_world/{name}")
+    w.group(
+        "Blend it into the image (stock latent masking)", encoded, pasted, masked, blend, decoded, kept, save
+    )
+
+
+def region_reshape() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_region_reshape")
+    model, image, proposer = _proposed_region(w, RESHAPE_IMAGE, RESHAPE_TASK)
+    guidance = w.node(
+        "RegionBackwardGuidance", (2, 0), "Region Backward Guidance (target_scale 0.55)", model=model[0],
+        clip=model[1], regions=proposer[2], prompt=proposer[4], target_scale=0.55,
+    )  # fmt: skip
+    negative = w.node("CLIPTextEncode", (2, 0), "Negative prompt", text=proposer[5], clip=model[1])
+    empty = w.node("EmptyLatentImage", (3, 0), "128x128", width=128, height=128, batch_size=1)
+    layout = w.node(
+        "KSampler", (3, 0), "KSampler: lay the new shape out", model=guidance[0], positive=guidance[1],
+        negative=negative[0], latent_image=empty[0], seed=7, **SAMPLING,
+    )  # fmt: skip
+    w.group("Generate the new shape in the region", guidance, negative, empty, layout)
+    _blend_in(w, model, image, guidance, negative, layout, proposer[0], "Edited", "region_reshape")
+    w.note(
+        "A new shape ('turn the red circle into a square'): one inpainting pass rarely draws it into the "
+        "region, so Region Backward Guidance lays it out in the proposed region from an empty latent "
+        "(target_scale 0.55 keeps it inside), the stock nodes paste it into your image's latent, blend it "
+        "in at denoise 0.3 and keep every pixel outside the region's margin. Load your own image and write "
+        "your edit.",
         (0, 0),
     )
     return w
@@ -305,25 +375,7 @@ def text_grounding() -> WorkflowSpec:
         negative=negative[0], latent_image=empty[0], seed=7, **SAMPLING,
     )  # fmt: skip
     w.group("Generate it there", guidance, layout)
-    encoded = w.node("VAEEncode", (3, 0), "VAE Encode", pixels=image[0], vae=model[2])
-    pasted = w.node(
-        "LatentCompositeMasked", (4, 0), "Paste it into the image", destination=encoded[0], source=layout[0],
-        x=0, y=0, resize_source=False, mask=grounding[1],
-    )  # fmt: skip
-    masked = w.node("SetLatentNoiseMask", (4, 0), "Only around it", samples=pasted[0], mask=grounding[1])
-    blend = w.node(
-        "KSampler", (5, 0), "KSampler: blend it in (denoise 0.3)", model=guidance[0], positive=guidance[1],
-        negative=negative[0], latent_image=masked[0], seed=7, denoise=0.3, **SAMPLING,
-    )  # fmt: skip
-    decoded = w.node("VAEDecode", (5, 0), "VAE Decode", samples=blend[0], vae=model[2])
-    kept = w.node(
-        "ImageCompositeMasked", (6, 0), "Keep every pixel outside", destination=image[0], source=decoded[0],
-        x=0, y=0, resize_source=False, mask=grounding[1],
-    )  # fmt: skip
-    save = w.node("SaveImage", (6, 0), "Result", images=kept[0], filename_prefix="shape_world/text_grounding")
-    w.group(
-        "Blend it into the image (stock latent masking)", encoded, pasted, masked, blend, decoded, kept, save
-    )
+    _blend_in(w, model, image, guidance, negative, layout, grounding[1], "Result", "text_grounding")
     w.note(
         "Text Grounding Map reads where the text puts the object ('a red circle left of the blue square', "
         "'above', 'below', 'right of', 'between ... and ...', 'next to') and outputs its box, a heat map and "
@@ -343,6 +395,7 @@ SPECS = (
     attention_masking,
     concepts,
     region_edit,
+    region_reshape,
     text_grounding,
 )
 # The saved image (filename prefix) each workflow shows in the templates browser.
@@ -353,6 +406,7 @@ THUMBNAILS = {
     "shape_world_attention_masking": "masking_and_guidance",
     "shape_world_concepts": "concepts",
     "shape_world_region_edit": "region_edit",
+    "shape_world_region_reshape": "region_reshape",
     "shape_world_text_grounding": "text_grounding",
 }
 
@@ -381,7 +435,7 @@ def main() -> None:
     parser.add_argument("--thumbnails", action="store_true", help="run each workflow, save its last image")
     args = parser.parse_args()
     write_concept_images()
-    write_edit_image()
+    write_edit_images()
     write_grounding_image()
     with ComfyServer(Path(tempfile.mkdtemp(prefix="build_workflows_"))) as server:
         info = server.object_info()

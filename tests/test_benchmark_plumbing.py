@@ -91,6 +91,8 @@ def test_region_proposer_scores_an_addition_by_a_valid_place():
     made = score("add", task, task.full_scene.image, fraction)  # the object back at its true place
     assert made["edit_success"] and made["region_valid"] and made["psnr_outside"] == 60.0
     assert not score("add", task, task.scene.image, fraction)["edit_success"]  # nothing added
+    # nothing added over the whole image: PSNR outside the true place, not over an empty mask
+    assert score("add", task, task.scene.image, (0.0, 0.0, 1.0, 1.0))["psnr_outside"] == 60.0
     x0, y0, x1, y1 = task.full_scene.boxes[task.full_scene.pairs.index(task.anchors[0])]
     assert not score("add", task, task.full_scene.image, (x0 / 128, y0 / 128, x1 / 128, y1 / 128))[
         "region_valid"
