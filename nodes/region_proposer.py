@@ -30,11 +30,11 @@ from ..guidance.region_proposer import BudgetError, ProposerSettings
 from ..guidance.regions import Region, box_mask
 from ..models.anchor_vit import load_anchor_vit, load_vit_folder
 from ..models.clip_scorer import load_clip_folder
-from ..models.grounding_net import load_grounding_net
 from ..models.shape_clip import ShapeCLIPScorer, load_shape_clip
 from ..models.text_encoder import tokenize
 from .errors import blame_input
 from .previews import grounding_preview, heatmap, proposal_preview
+from .text_grounding import grounding_network
 from .tokenizer import comfy_clip_tokenizer
 from .types import Regions
 
@@ -291,9 +291,7 @@ def grounded_addition(cls, image, text: str, mask_margin: float, network_file: s
         LOG.warning(
             "%s: %r names no relation the grounding network knows (%s)", NODE, text, ", ".join(RELATIONS)
         )
-    with blame_input(NODE, "grounding_file", FileNotFoundError, ValueError):
-        path = Path(network_file.strip()) if network_file.strip() else None
-        network = (load_grounding_net(path) if path else load_grounding_net())[0]
+    network = grounding_network(network_file, NODE, "grounding_file")[0]
     network.to(comfy.model_management.get_torch_device())
     placement, heat_logits = ground_text(network, image, tokenize(comfy_clip_tokenizer(), [text]))
     height, width = image.shape[1:3]

@@ -32,8 +32,10 @@ LOG = logging.getLogger(__name__)
 MIN_SIDE = 32
 
 
-def _network(path: str):
-    with blame_input(NODE, "network_file", FileNotFoundError, ValueError):
+def grounding_network(path: str, node: str = NODE, input_name: str = "network_file"):
+    """The grounding network from the file ``path`` (empty: the pack's), its errors blamed on ``node``'s
+    ``input_name``."""
+    with blame_input(node, input_name, FileNotFoundError, ValueError):
         return load_grounding_net(Path(path.strip())) if path.strip() else load_grounding_net()
 
 
@@ -120,7 +122,7 @@ class TextGroundingMap(io.ComfyNode):
         if min(height, width) < MIN_SIDE:
             with blame_input(NODE, "image", ValueError):
                 raise ValueError(f"is {width}x{height}; give an image of at least {MIN_SIDE} px per side")
-        network, _ = _network(network_file or "")
+        network, _ = grounding_network(network_file or "")
         network.to(comfy.model_management.get_torch_device())
         size = network.config.image_size
         placement, heat_logits = ground_text(network, image, tokenize(comfy_clip_tokenizer(), [text]))
