@@ -18,6 +18,9 @@ import comfy.supported_models_base
 import comfy.utils
 import torch
 
+from ..guidance.errors import NodeInputError
+from ..guidance.spatio_textual_map import resize_map
+
 
 def comfy_unet_config(config: Mapping) -> dict:
     """ComfyUI ``UNetModel`` kwargs for a diffusers ``UNet2DConditionModel`` config."""
@@ -90,6 +93,43 @@ def make_latent_format(scale_factor: float, channels: int = 4, rgb_factors=None,
     return type("SmallLatentFormat", (comfy.latent_formats.LatentFormat,), attrs)
 
 
+# The conditioning key (CONDITIONING dict entry) that carries a spatio-textual map [1, D, H, W].
+MAP_KEY = "spatio_textual_map"
+
+
+class SpatioTextualModel(comfy.model_base.BaseModel):
+    """A BaseModel whose UNet takes the latent and ``map_channels`` more input channels: SpaText's
+    spatio-textual map, read from the conditioning's ``spatio_textual_map`` (resized to the latent)
+    and passed as ComfyUI's concat conditioning; a conditioning without one (e.g. the negative, or a
+    stock CLIPTextEncode) gets the null map, zeros, as in training."""
+
+    map_channels = 0
+
+    def concat_cond(self, **kwargs):
+        noise = kwargs["noise"]
+        st_map = kwargs.get(MAP_KEY)
+        if st_map is None:
+            return torch.zeros(noise.shape[0], self.map_channels, *noise.shape[-2:], device=kwargs["device"])
+        if st_map.ndim != 4 or st_map.shape[1] != self.map_channels:
+            raise ValueError(f"a spatio-textual map of {self.map_channels} channels was expected, got "
+                             f"{tuple(st_map.shape)}")  # fmt: skip
+        (h, w), (lh, lw) = st_map.shape[-2:], noise.shape[-2:]
+        if abs(w / h - lw / lh) > 0.01 * lw / lh:
+            raise NodeInputError(
+                "SpatioTextualEncoder", "segment_map", f"the map is {w}x{h} (aspect {w / h:.2f}) but "
+                f"the latent being sampled is {lw}x{lh} (aspect {lw / lh:.2f}); paint the map at the image's "
+                "width and height (any resolution of that aspect)",
+            )  # fmt: skip
+        st_map = resize_map(st_map.to(kwargs["device"], torch.float32), (lh, lw))
+        return comfy.utils.resize_to_batch_size(st_map, noise.shape[0])
+
+
+def spatio_textual_channels(model) -> int:
+    """The spatio-textual map channels a MODEL takes (0: not a SpaText model)."""
+    # by attribute, not isinstance: ComfyUI may import the pack a second time under its folder's name
+    return int(getattr(getattr(model, "model", None), "map_channels", 0))
+
+
 def build_comfy_model(
     diffusers_state_dict: Mapping[str, torch.Tensor],
     diffusers_config: Mapping,
@@ -97,8 +137,11 @@ def build_comfy_model(
     latent_format=None,
     sampling_settings: Mapping | None = None,
     dtype: torch.dtype = torch.float32,
+    map_channels: int = 0,
 ) -> comfy.model_patcher.ModelPatcher:
-    """A ComfyUI MODEL (``ModelPatcher`` around a ``BaseModel``) for a small diffusers UNet."""
+    """A ComfyUI MODEL (``ModelPatcher`` around a ``BaseModel``) for a small diffusers UNet;
+    ``map_channels`` > 0: a :class:`SpatioTextualModel` whose UNet's input has that many channels
+    beyond the latent's."""
     unet_config = comfy_unet_config(diffusers_config)
     model_type = {"eps": comfy.model_base.ModelType.EPS, "v": comfy.model_base.ModelType.V_PREDICTION}[
         prediction
@@ -112,6 +155,13 @@ def build_comfy_model(
 
         def model_type(self, state_dict, prefix=""):
             return model_type
+
+        def get_model(self, state_dict, prefix="", device=None):
+            if not map_channels:
+                return super().get_model(state_dict, prefix, device)
+            out = SpatioTextualModel(self, model_type=self.model_type(state_dict, prefix), device=device)
+            out.map_channels = map_channels
+            return out
 
     SmallSD.unet_config = unet_config
     SmallSD.unet_extra_config = {}
@@ -227,8 +277,10 @@ def build_comfy_vae(autoencoder: torch.nn.Module, downscale: int = 8, latent_cha
     return vae
 
 
-def load_demo_model(weights_dir, embedding_directory=None):
-    """(MODEL, CLIP, VAE) of the shape-world demo model from its weights folder."""
+def load_demo_model(weights_dir, embedding_directory=None, unet_file: str | None = None):
+    """(MODEL, CLIP, VAE) of the shape-world demo model from its weights folder; ``unet_file``: another
+    UNet of the same family (e.g. the spatio-textual UNet, whose extra input channels make the MODEL
+    a :class:`SpatioTextualModel`)."""
     from pathlib import Path
 
     from .autoencoder import load_autoencoder
@@ -241,7 +293,7 @@ def load_demo_model(weights_dir, embedding_directory=None):
     )
 
     weights_dir = Path(weights_dir)
-    unet_state, unet_meta = read_weights(weights_dir / UNET_FILE)
+    unet_state, unet_meta = read_weights(weights_dir / (unet_file or UNET_FILE))
     text_state, text_config = load_demo_text_encoder_state(weights_dir / TEXT_ENCODER_FILE)
     _, ae_meta = read_weights(weights_dir / AUTOENCODER_FILE)
     autoencoder = load_autoencoder(weights_dir / AUTOENCODER_FILE)
@@ -252,7 +304,11 @@ def load_demo_model(weights_dir, embedding_directory=None):
         rgb_factors=preview.get("rgb_factors"),
         rgb_bias=preview.get("rgb_bias"),
     )
-    model = build_comfy_model(unet_state, unet_meta["config"], prediction="v", latent_format=latent_format)
+    channels = autoencoder.config.latent_channels
+    model = build_comfy_model(
+        unet_state, unet_meta["config"], prediction="v", latent_format=latent_format,
+        map_channels=int(unet_meta["config"]["in_channels"]) - channels,
+    )  # fmt: skip
     clip = build_comfy_clip(text_state, text_config.json_config(), embedding_directory)
     vae = build_comfy_vae(autoencoder, downscale=autoencoder.config.downscale_factor)
     return model, clip, vae

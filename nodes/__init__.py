@@ -6,7 +6,7 @@ from typing_extensions import override
 from .attention_maps import CrossAttentionMaps
 from .attention_masking import RegionAttentionMasking
 from .concept_em import ConceptTokenEM
-from .demo_model import ShapeWorldDemoModel
+from .demo_model import ShapeWorldDemoModel, ShapeWorldSpaTextModel
 from .guided_sampler import RegionGuidedKSampler, RegionGuider
 from .multi_conditional_cfg import MultiConditionalCFGGuider
 from .region_guidance import RegionBackwardGuidance
@@ -18,6 +18,7 @@ from .text_grounding import TextGroundingMap
 NODES: list[type[io.ComfyNode]] = [
     CrossAttentionMaps,
     ShapeWorldDemoModel,
+    ShapeWorldSpaTextModel,
     RegionFromBox,
     RegionFromMask,
     RegionBackwardGuidance,

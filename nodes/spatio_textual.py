@@ -10,15 +10,18 @@ Backward Guidance, and Multi-Conditional CFG Guider gives the global prompt its 
 
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io, ui
 
-from ..guidance.errors import RegionTextError, SegmentMapError
+from ..guidance.errors import NodeInputError, RegionTextError, SegmentMapError
 from ..guidance.regions import Region
 from ..guidance.segment_map import MAX_REGIONS, parse_colour, parse_region_texts, split_segment_map
+from ..guidance.spatio_textual_map import spatio_textual_map
+from ..models.comfy_builder import MAP_KEY, spatio_textual_channels
 from .attention_masking import encode, install_masking, masking_inputs, region_prompts_conditioning
 from .errors import blame_input
 from .previews import segment_preview
-from .types import Regions
+from .types import Regions, SpatioTextualTextEncoder
 
 NODE = "SpatioTextualEncoder"
 
@@ -67,6 +70,14 @@ class SpatioTextualEncoder(io.ComfyNode):
                     "described by the global prompt alone. Need not occur in the map.",
                 ),
                 *masking_inputs(end_default=1.0, region_prompts=False),
+                SpatioTextualTextEncoder.Input(
+                    "spatext_encoder",
+                    optional=True,
+                    tooltip="Shape World SpaText Model's spatext_encoder: the trained path. Each region's "
+                    "text is embedded and painted over its region into the map that model's UNet reads; "
+                    "the positive is then the global prompt with that map, the MODEL passes through "
+                    "unmasked and the masking inputs are unused. Leave empty for the training-free path.",
+                ),
             ],
             outputs=[
                 io.Model.Output(
@@ -99,8 +110,9 @@ class SpatioTextualEncoder(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, segment_map, region_texts, global_prompt, background, start_at, end_at, layers
-    ) -> io.NodeOutput:
+        cls, model, clip, segment_map, region_texts, global_prompt, background, start_at, end_at, layers,
+        spatext_encoder=None,
+    ) -> io.NodeOutput:  # fmt: skip
         with blame_input(NODE, "region_texts", RegionTextError):
             entries = parse_region_texts(region_texts)
         with blame_input(NODE, "background", ValueError):
@@ -116,11 +128,14 @@ class SpatioTextualEncoder(io.ComfyNode):
         ):
             masks = split_segment_map(segment_map[0], entries, background_colour)
         regions = tuple(Region(e.text, mask) for e, mask in zip(entries, masks, strict=True))
-        positive, targets = region_prompts_conditioning(clip, global_prompt, regions)
-        masked = install_masking(NODE, model, targets, start_at, end_at, layers, mask_input="segment_map")
+        if spatext_encoder is None:
+            positive, targets = region_prompts_conditioning(clip, global_prompt, regions)
+            model = install_masking(NODE, model, targets, start_at, end_at, layers, mask_input="segment_map")
+        else:
+            positive = trained_path_conditioning(model, clip, spatext_encoder, global_prompt, regions)
         preview = segment_preview(segment_map[0], masks, [e.colour for e in entries])
         return io.NodeOutput(
-            masked,
+            model,
             positive,
             encode(clip, global_prompt),
             regions,
@@ -128,3 +143,20 @@ class SpatioTextualEncoder(io.ComfyNode):
             preview,
             ui=ui.PreviewImage(preview, cls=cls),
         )
+
+
+def trained_path_conditioning(model, clip, spatext_encoder, global_prompt: str, regions) -> list:
+    """The global prompt's conditioning carrying the spatio-textual map of ``regions`` (at the segment
+    map's resolution; the MODEL resizes it to the latent)."""
+    channels = spatio_textual_channels(model)
+    if channels != spatext_encoder.dim:
+        have = f"a MODEL with {channels} map channels" if channels else "a MODEL without map channels"
+        raise NodeInputError(
+            NODE, "model", f"the trained path needs the MODEL that came with spatext_encoder (its UNet reads "
+            f"a {spatext_encoder.dim}-channel map), got {have}: connect Shape World SpaText Model's MODEL, "
+            "or disconnect spatext_encoder for the training-free path",
+        )  # fmt: skip
+    masks = torch.stack([r.mask for r in regions]).float()
+    embeddings = spatext_encoder.encode([r.phrase for r in regions])
+    st_map = spatio_textual_map(masks, embeddings, tuple(masks.shape[-2:]))[None]
+    return [[t, {**d, MAP_KEY: st_map}] for t, d in encode(clip, global_prompt)]

@@ -91,3 +91,27 @@ def test_train_grounding_checkpoints_resumes_and_exports(tmp_path):
         "scripts.train_grounding", "--cache-dir", str(tmp_path / "new"), "--init-from", str(out), *again
     )
     assert "warm start" in warm.stdout and "step 4/4" in warm.stdout
+
+
+@pytest.mark.parametrize(
+    "module, load, evaluation",
+    [("scripts.train_spatext_prior", "prior", "--eval-objects"),
+     ("scripts.train_spatext_unet", "unet", "--eval-scenes")],
+)  # fmt: skip
+def test_train_spatext_checkpoints_resumes_exports_and_warm_starts(tmp_path, module, load, evaluation):
+    from spatial_control.models.demo_model import read_weights
+    from spatial_control.models.spatio_textual import load_prior, map_channels
+
+    out = tmp_path / f"spatext_{load}.safetensors"
+    _, second = _train_twice(module, tmp_path / "work", out, "--batch", "2", evaluation, "8")
+    assert "exported" in second
+    if load == "prior":
+        assert load_prior(out).config.dim == 128
+    _, meta = read_weights(out)
+    assert meta["training"]["steps"] == 3 and meta["training"]["final_eval"]
+    if load == "unet":
+        assert map_channels(meta["config"]) == 128
+    again = ["--out", str(tmp_path / "again.safetensors"), "--steps", "4", "--minutes", "10", "--batch", "2",
+             evaluation, "8"]  # fmt: skip
+    warm = _run(module, "--cache-dir", str(tmp_path / "new"), "--init-from", str(out), *again)
+    assert "warm start" in warm.stdout and "step 4/4" in warm.stdout
