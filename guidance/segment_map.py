@@ -151,3 +151,34 @@ def split_segment_map(
                 "its region in exactly that colour, or remove the line"
             )
     return torch.stack([(nearest == index).float() for index in range(len(entries))])
+
+
+# Label colours for regions given as MASKs (previews and the texts' optional colour prefixes).
+MASK_PALETTE: tuple[Colour, ...] = (
+    (230, 25, 75), (60, 180, 75), (0, 130, 200), (255, 225, 25), (145, 30, 180), (70, 240, 240),
+    (240, 50, 230), (245, 130, 48), (170, 110, 40), (128, 128, 0), (0, 128, 128), (220, 190, 255),
+    (128, 0, 0), (170, 255, 195), (0, 0, 128), (255, 250, 200),
+)  # fmt: skip
+
+
+def parse_mask_texts(text: str, count: int) -> list[RegionText]:
+    """One ``RegionText`` per non-blank line for ``count`` region MASKs, in the masks' order: each
+    line is the text (a ``#rrggbb:`` prefix, as for a segment map, is allowed and ignored; the
+    colour given is the mask's preview colour from :data:`MASK_PALETTE`)."""
+    if count > MAX_REGIONS:
+        raise SegmentMapError(
+            f"has {count} masks, more than the {MAX_REGIONS} regions a spatio-textual conditioning takes"
+        )
+    lines = [(number, raw.strip()) for number, raw in enumerate(text.splitlines(), 1) if raw.strip()]
+    if len(lines) != count:
+        raise RegionTextError(
+            f"has {len(lines)} non-blank lines for {count} masks: write one line per mask, in their order"
+        )
+    entries = []
+    for (number, line), colour in zip(lines, MASK_PALETTE, strict=False):
+        match = _LINE.fullmatch(line)
+        description = " ".join((match.group(2) if match else line).split())
+        if not description:
+            raise RegionTextError(f"line {number} has no text: describe what mask {len(entries) + 1} shows")
+        entries.append(RegionText(colour, description, number))
+    return entries

@@ -15,7 +15,13 @@ from comfy_api.latest import io, ui
 
 from ..guidance.errors import NodeInputError, RegionTextError, SegmentMapError
 from ..guidance.regions import Region
-from ..guidance.segment_map import MAX_REGIONS, parse_colour, parse_region_texts, split_segment_map
+from ..guidance.segment_map import (
+    MAX_REGIONS,
+    parse_colour,
+    parse_mask_texts,
+    parse_region_texts,
+    split_segment_map,
+)
 from ..guidance.spatio_textual_map import spatio_textual_map
 from ..models.comfy_builder import MAP_KEY, spatio_textual_channels
 from .attention_masking import encode, install_masking, masking_inputs, region_prompts_conditioning
@@ -42,11 +48,12 @@ class SpatioTextualEncoder(io.ComfyNode):
                 io.Clip.Input("clip", tooltip="The CLIP of the same checkpoint: encodes the texts."),
                 io.Image.Input(
                     "segment_map",
+                    optional=True,
                     tooltip="The regions, painted in flat colours on the background colour, at the size "
                     "of the image to generate (any resolution of the same aspect ratio). Anti-aliased "
                     "edges are split between the colours they blend. Its aspect ratio must be the "
                     "latent's: this is checked when sampling, and a map of another aspect is refused "
-                    "there (it would be squashed onto the latent).",
+                    "there (it would be squashed onto the latent). Or connect masks instead.",
                 ),
                 io.String.Input(
                     "region_texts",
@@ -54,7 +61,8 @@ class SpatioTextualEncoder(io.ComfyNode):
                     default="#ff0000: a red circle\n#0000ff: a blue square",
                     tooltip="One line per painted colour: '#rrggbb: what the region shows' (or #rgb). "
                     f"Every painted colour needs a line and every line a painted region; at most "
-                    f"{MAX_REGIONS} regions.",
+                    f"{MAX_REGIONS} regions. With masks instead of a segment map: one line per mask, in "
+                    "the masks' order (a colour prefix is allowed and ignored).",
                 ),
                 io.String.Input(
                     "global_prompt",
@@ -70,6 +78,13 @@ class SpatioTextualEncoder(io.ComfyNode):
                     "described by the global prompt alone. Need not occur in the map.",
                 ),
                 *masking_inputs(end_default=1.0, region_prompts=False),
+                io.Mask.Input(
+                    "masks",
+                    optional=True,
+                    tooltip="Instead of a segment map: a batch of region MASKs (e.g. from Load Image's mask, "
+                    "painted in the mask editor, or a segmentation node), one per line of region_texts, at "
+                    "the latent's aspect ratio. Where masks overlap, the later mask wins.",
+                ),
                 SpatioTextualTextEncoder.Input(
                     "spatext_encoder",
                     optional=True,
@@ -110,30 +125,29 @@ class SpatioTextualEncoder(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, model, clip, segment_map, region_texts, global_prompt, background, start_at, end_at, layers,
-        spatext_encoder=None,
+        cls, model, clip, region_texts, global_prompt, background, start_at, end_at, layers,
+        segment_map=None, masks=None, spatext_encoder=None,
     ) -> io.NodeOutput:  # fmt: skip
-        with blame_input(NODE, "region_texts", RegionTextError):
-            entries = parse_region_texts(region_texts)
-        with blame_input(NODE, "background", ValueError):
-            background_colour = parse_colour(background)
-        if segment_map.shape[0] != 1:
-            with blame_input(NODE, "segment_map", SegmentMapError):
-                raise SegmentMapError(
-                    f"got a batch of {segment_map.shape[0]} images: connect one segment map"
-                )
-        with (
-            blame_input(NODE, "segment_map", SegmentMapError),
-            blame_input(NODE, "region_texts", RegionTextError),
-        ):
-            masks = split_segment_map(segment_map[0], entries, background_colour)
+        if (segment_map is None) == (masks is None):
+            which = "both" if masks is not None else "neither"
+            raise NodeInputError(
+                NODE, "segment_map", "connect either a segment map (an IMAGE painted in flat colours) or a "
+                f"batch of region masks (the masks input), not {which}",
+            )  # fmt: skip
+        masks_input = masks
+        if masks is not None:
+            entries, masks, segment_image = regions_from_masks(masks, region_texts)
+        else:
+            entries, masks = regions_from_segment_map(segment_map, region_texts, background)
+            segment_image = segment_map[0]
         regions = tuple(Region(e.text, mask) for e, mask in zip(entries, masks, strict=True))
         if spatext_encoder is None:
             positive, targets = region_prompts_conditioning(clip, global_prompt, regions)
-            model = install_masking(NODE, model, targets, start_at, end_at, layers, mask_input="segment_map")
+            shape_input = "segment_map" if masks_input is None else "masks"
+            model = install_masking(NODE, model, targets, start_at, end_at, layers, mask_input=shape_input)
         else:
             positive = trained_path_conditioning(model, clip, spatext_encoder, global_prompt, regions)
-        preview = segment_preview(segment_map[0], masks, [e.colour for e in entries])
+        preview = segment_preview(segment_image, masks, [e.colour for e in entries])
         return io.NodeOutput(
             model,
             positive,
@@ -160,3 +174,37 @@ def trained_path_conditioning(model, clip, spatext_encoder, global_prompt: str, 
     embeddings = spatext_encoder.encode([r.phrase for r in regions])
     st_map = spatio_textual_map(masks, embeddings, tuple(masks.shape[-2:]))[None]
     return [[t, {**d, MAP_KEY: st_map}] for t, d in encode(clip, global_prompt)]
+
+
+def regions_from_segment_map(segment_map, region_texts: str, background: str):
+    """(entries, masks ``[R, H, W]``) of a painted segment map and its colour lines."""
+    with blame_input(NODE, "region_texts", RegionTextError):
+        entries = parse_region_texts(region_texts)
+    with blame_input(NODE, "background", ValueError):
+        background_colour = parse_colour(background)
+    if segment_map.shape[0] != 1:
+        with blame_input(NODE, "segment_map", SegmentMapError):
+            raise SegmentMapError(f"got a batch of {segment_map.shape[0]} images: connect one segment map")
+    with (
+        blame_input(NODE, "segment_map", SegmentMapError),
+        blame_input(NODE, "region_texts", RegionTextError),
+    ):
+        return entries, split_segment_map(segment_map[0], entries, background_colour)
+
+
+def regions_from_masks(masks, region_texts: str):
+    """(entries, disjoint masks ``[R, H, W]``, a painted image of them ``[H, W, 3]``) of a MASK batch
+    and one text line per mask; where masks overlap, the later one wins."""
+    masks = masks[None] if masks.ndim == 2 else masks
+    with blame_input(NODE, "masks", SegmentMapError), blame_input(NODE, "region_texts", RegionTextError):
+        entries = parse_mask_texts(region_texts, masks.shape[0])
+    hard = (masks.float().cpu() > 0.5).float()
+    if not hard.flatten(1).any(1).all():
+        empty = int((~hard.flatten(1).any(1)).nonzero()[0, 0]) + 1
+        raise NodeInputError(NODE, "masks", f"mask {empty} is empty: paint its region or remove it")
+    later = hard.flip(0).cumsum(0).flip(0) - hard  # how many later masks cover each pixel
+    disjoint = hard * (later == 0)
+    painted = torch.zeros(*hard.shape[-2:], 3)
+    for mask, entry in zip(disjoint, entries, strict=True):
+        painted[mask > 0] = torch.tensor(entry.colour, dtype=torch.float32) / 255.0
+    return entries, disjoint, painted

@@ -202,3 +202,56 @@ def test_the_guider_needs_the_spatio_textual_conditioning(comfy):
     assert "SpatioTextualEncoder: input 'positive': the conditioning being sampled has 77 tokens" in str(
         err.value
     )
+
+
+def _execute(comfy, sd15, **inputs):
+    node = comfy.node_classes["SpatioTextualEncoder"]
+    settings = {"region_texts": TEXTS, "global_prompt": GLOBAL, "background": "#000000", "start_at": 0.0,
+                "end_at": 1.0, "layers": "all", **inputs}  # fmt: skip
+    with torch.inference_mode():
+        return node.execute(sd15[0], sd15[1], **settings).result
+
+
+def _block_masks() -> torch.Tensor:
+    masks = torch.zeros(2, 64, 64)
+    masks[0, :32, :32] = 1
+    masks[1, 32:, 32:] = 1
+    return masks
+
+
+def test_region_masks_stand_in_for_a_painted_map(comfy, sd15):
+    painted = torch.tensor(np.asarray(Image.open(comfy.base_dir / "input" / _segment_map(comfy, "s.png"))))
+    from_map = _execute(comfy, sd15, segment_map=painted[None].float() / 255)
+    from_masks = _execute(comfy, sd15, masks=_block_masks(), region_texts="red circle\n#0000ff: blue square")
+    assert torch.equal(from_map[4], from_masks[4]) and torch.equal(from_map[1][0][0], from_masks[1][0][0])
+    assert [r.phrase for r in from_masks[3]] == ["red circle", "blue square"]
+    assert from_masks[5].shape == (1, 64, 128, 3)
+
+
+def test_overlapping_masks_go_to_the_later_one(comfy, sd15):
+    masks = _block_masks()
+    masks[1, 16:, 16:] = 1  # overlaps the first mask's bottom-right quarter
+    out = _execute(comfy, sd15, masks=masks, region_texts="red circle\nblue square")[4]
+    assert out[0, 20, 20] == 0 and out[1, 20, 20] == 1 and out[0, 5, 5] == 1 and (out.sum(0) <= 1).all()
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [({}, "input 'segment_map': connect either a segment map"),
+     ({"masks": "both"}, "not both"),
+     ({"masks": "one", "region_texts": "red circle"},
+      "input 'region_texts': has 1 non-blank lines for 2 masks"),
+     ({"masks": "empty"}, "input 'masks': mask 2 is empty")],
+)  # fmt: skip
+def test_bad_mask_inputs_name_the_node_and_input(comfy, sd15, inputs, message):
+    masks = _block_masks()
+    kind = inputs.pop("masks", None)
+    if kind == "both":
+        inputs.update(masks=masks, segment_map=torch.zeros(1, 64, 64, 3))
+    elif kind == "empty":
+        masks[1] = 0
+        inputs["masks"] = masks
+    elif kind == "one":
+        inputs["masks"] = masks
+    with pytest.raises(ValueError, match=message):
+        _execute(comfy, sd15, **inputs)

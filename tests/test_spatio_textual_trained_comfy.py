@@ -67,8 +67,10 @@ def _segment_map(width: int = 128, height: int = 128) -> torch.Tensor:
 def _encode(comfy, model, clip, encoder, segment=None):
     node = comfy.node_classes["SpatioTextualEncoder"]
     with torch.inference_mode():
-        return node.execute(model, clip, _segment_map() if segment is None else segment, TEXTS, GLOBAL,
-                            "#000000", 0.0, 1.0, "all", spatext_encoder=encoder).result  # fmt: skip
+        return node.execute(
+            model, clip, TEXTS, GLOBAL, "#000000", 0.0, 1.0, "all",
+            segment_map=_segment_map() if segment is None else segment, spatext_encoder=encoder,
+        ).result  # fmt: skip
 
 
 def _sample(comfy, model, clip, positive) -> torch.Tensor:
