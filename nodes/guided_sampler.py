@@ -3,7 +3,10 @@
 ``RegionGuider`` gives a GUIDER for SamplerCustomAdvanced; ``RegionGuidedKSampler`` is the same
 as one KSampler-like node. Each region's phrase is encoded on its own and adds CFG towards itself
 inside its mask (``guidance/regional_cfg.py``), while backward guidance moves the latent in the
-early steps (``nodes/region_guidance.py``).
+early steps (``nodes/region_guidance.py``). With a spatio-textual conditioning connected
+(``spatial_positive``, e.g. from Spatio-Textual Encoder), SpaText's multi-conditional CFG takes the
+place of the per-region CFG: ``global_scale`` for the prompt, ``cfg`` for the spatial condition
+on top of it (``guidance/multi_conditional_cfg.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +19,33 @@ import latent_preview
 from comfy_api.latest import io
 
 from ..guidance.backends.comfy_guider import RegionalCFGGuider
+from ..guidance.backends.comfy_multi_cfg import MultiConditionalCFGGuider
 from .region_guidance import guidance_inputs, make_guidance, placement_inputs
+
+
+def _multi_conditional_inputs() -> list:
+    """Trailing optional inputs (saved workflows keep their widget values): SpaText's guidance."""
+    return [
+        io.Conditioning.Input(
+            "spatial_positive",
+            optional=True,
+            tooltip="A spatio-textual conditioning (Spatio-Textual Encoder's positive, with its MODEL as "
+            "model and its global prompt as prompt): multi-conditional CFG then replaces the per-region CFG "
+            "(region_cfg is unused): global_scale towards the prompt, cfg towards the spatial condition "
+            "on top of it.",
+        ),
+        io.Float.Input(
+            "global_scale",
+            default=7.0,
+            min=0.0,
+            max=100.0,
+            step=0.1,
+            round=0.01,
+            optional=True,
+            tooltip="s_global of multi-conditional CFG (only with spatial_positive); equal to cfg: plain CFG "
+            "on spatial_positive.",
+        ),
+    ]
 
 
 def _inputs() -> list:
@@ -40,9 +69,17 @@ def _inputs() -> list:
     ]
 
 
-def build_guider(node: str, model, clip, regions, prompt, negative, cfg, region_cfg, **settings):
+def build_guider(
+    node: str, model, clip, regions, prompt, negative, cfg, region_cfg, spatial_positive=None,
+    global_scale: float = 7.0, **settings,
+):  # fmt: skip
     guided = make_guidance(node, model, clip, regions, prompt, **settings)
     positive = clip.encode_from_tokens_scheduled(clip.tokenize(prompt))
+    if spatial_positive is not None:
+        guider = MultiConditionalCFGGuider(guided, global_scale)
+        guider.set_conds(spatial_positive, positive, negative)
+        guider.set_cfg(cfg)
+        return guider
     if region_cfg > 0:
         conds = [clip.encode_from_tokens_scheduled(clip.tokenize(r.phrase)) for r in regions]
         guider = RegionalCFGGuider(
@@ -64,7 +101,7 @@ class RegionGuider(io.ComfyNode):
             category="spatial_control/guidance",
             description="A GUIDER for SamplerCustomAdvanced that puts each region's phrase in its region: "
             "backward guidance on the latent plus per-region classifier-free guidance.",
-            inputs=_inputs(),
+            inputs=[*_inputs(), *_multi_conditional_inputs()],
             outputs=[
                 io.Guider.Output(
                     display_name="guider",
@@ -121,6 +158,7 @@ class RegionGuidedKSampler(io.ComfyNode):
                     step=0.01,
                     tooltip="How much of the latent to replace: 1.0 for text-to-image.",
                 ),
+                *_multi_conditional_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="latent", tooltip="The denoised latent; to VAE Decode.")],
         )

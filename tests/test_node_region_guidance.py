@@ -363,3 +363,27 @@ def test_region_prompts_append_each_phrase_and_need_their_own_conditioning(comfy
     assert "RegionBackwardGuidance: input 'positive': does not begin with this node's prompt" in str(
         err.value
     )
+
+
+def test_guided_ksampler_takes_multi_conditional_cfg(comfy):
+    graph = _graph(guided=False)
+    inputs = {"model": ["1", 0], "clip": ["1", 1], "regions": ["4", 0], "prompt": PROMPT,
+              "negative": ["6", 0], "cfg": 5.0, "region_cfg": 0.0, "latent_image": ["2", 0], "seed": 3,
+              "steps": 3, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
+              "strength": 0.2, "start_at": 0.0, "end_at": 0.5, "iterations": 1, "threshold": 0.0,
+              "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse",
+              "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0,
+              "extent_weight": 0.0}  # fmt: skip
+    graph["9"] = {"class_type": "RegionGuidedKSampler", "inputs": dict(inputs)}
+    graph["20"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": PROMPT}}
+    graph["21"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a green cross"}}
+    graph["22"] = {"class_type": "RegionGuidedKSampler",
+                   "inputs": {**inputs, "spatial_positive": ["20", 0], "global_scale": 5.0}}  # fmt: skip
+    graph["23"] = {"class_type": "RegionGuidedKSampler",
+                   "inputs": {**inputs, "spatial_positive": ["21", 0], "global_scale": 2.0}}  # fmt: skip
+    for node in ("9", "22", "23"):
+        _preview(graph, node)
+    comfy.run(graph)
+    plain, same, multi = (comfy.node_output(n)[0]["samples"] for n in ("9", "22", "23"))
+    # the prompt's own conditioning at equal scales is the plain guided CFG; another condition is not
+    assert torch.allclose(same, plain, atol=1e-5) and (multi - plain).abs().max() > 1e-3
