@@ -10,8 +10,10 @@ Karras, CFG 4, one image at a time so times compare):
 - ``plain``: the global prompt alone.
 - ``conditioning_set_mask``: ComfyUI core: the global prompt everywhere plus each region's text
   through ConditioningSetMask on its mask.
-- ``training_free``: SpatioTextualEncoder without a spatext encoder (each region's text attended to
-  only inside its region, every step).
+- ``training_free``: SpatioTextualEncoder without a spatext encoder, its defaults (each region's
+  text, and the global prompt's words it shares, attended to only inside its region, every step).
+- ``training_free_chunks_only``: the same with ``mask_prompt_words`` off (only the appended region
+  texts masked: the global prompt's words for each object act everywhere).
 - ``trained``: SpatioTextualEncoder's trained path with Shape World SpaText Model (the
   spatio-textual map of prior image embeddings concatenated to the latent).
 - ``trained_no_prior``: the same with the region texts' CLIP text embeddings in the map (ablation).
@@ -46,7 +48,10 @@ from benchmarks.shape_world.metrics import (
 SEED_BASE = 800_000
 CFG = 4.0
 MC_SCALES = {"global_scale": 4.0, "spatial_scale": 6.0}
-BASE_ARMS = ("plain", "conditioning_set_mask", "training_free", "trained", "trained_no_prior")
+BASE_ARMS = (
+    "plain", "conditioning_set_mask", "training_free", "training_free_chunks_only", "trained",
+    "trained_no_prior",
+)  # fmt: skip
 ARMS = (*BASE_ARMS, "conditioning_set_mask_mc", "training_free_mc", "trained_mc")
 LABEL_COLOURS = ("#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff")
 
@@ -104,8 +109,9 @@ class Arms:
             return s.model, spatial, positive, s.clip
         settings = _defaults(SpatioTextualEncoder)
         settings.update(region_texts=task.region_texts, global_prompt=task.global_prompt)
-        if base == "training_free":
+        if base.startswith("training_free"):
             model, clip = s.model, s.clip
+            settings["mask_prompt_words"] = base == "training_free"
         else:
             model, clip, _, encoder = self.spatext[base == "trained"]
             settings["spatext_encoder"] = encoder

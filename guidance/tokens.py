@@ -36,3 +36,21 @@ def find_token_positions(
             f"the phrase occurs {len(starts)} times in the prompt, so it does not say which object it is"
         )
     return offsets[starts[0] : starts[0] + n]
+
+
+# Words too common to tie a prompt's token to one region (English function words and punctuation).
+STOP_WORDS = ("a", "an", "the", "one", "some", "of", "on", "in", "at", "to", "with", "and", "or", "is",
+              "are", "this", "that", ",", ".", "!", ";", ":")  # fmt: skip
+
+
+def shared_token_positions(
+    prompt_chunks: Sequence[Sequence[int]], text_ids: Sequence[int], skip_ids: Sequence[int] = ()
+) -> list[int]:
+    """Indices in the flattened conditioning of the prompt's tokens that also occur in ``text_ids``
+    (e.g. a region's own text), leaving out ``skip_ids`` (start, end and padding tokens, stop words):
+    the prompt's words for what that region shows."""
+    wanted = set(text_ids) - set(skip_ids)
+    chunk_len = max((len(c) for c in prompt_chunks), default=0)
+    return [
+        c * chunk_len + i for c, chunk in enumerate(prompt_chunks) for i, t in enumerate(chunk) if t in wanted
+    ]

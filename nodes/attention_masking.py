@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..guidance.attention_masking import RegionAttentionMask
 from ..guidance.attention_store import LAYER_PRESETS, select_layers
-from ..guidance.backends.comfy import cross_attention_layers, install_attention_masking
+from ..guidance.backends.comfy import cross_attention_layers, install_attention_masking, shared_word_positions
 from ..guidance.errors import UnsupportedModelError
 from ..guidance.region_energies import RegionTarget
 from .errors import blame_input
@@ -61,13 +61,25 @@ def encode(clip, text: str):
     return clip.encode_from_tokens_scheduled(clip.tokenize(text))
 
 
-def region_prompts_conditioning(clip, prompt: str, regions) -> tuple[list, list[RegionTarget]]:
+def region_prompts_conditioning(
+    clip, prompt: str, regions, prompt_words: bool = False
+) -> tuple[list, list[RegionTarget]]:
     """The prompt's conditioning with each region's phrase, encoded on its own, appended to its
     tokens (attention couple's layout); and, per region, a target holding all of its chunk's tokens.
     The prompt's own words for an object reach every later token of the prompt through the text
-    encoder's causal attention; the phrase's own encoding reaches nothing else."""
+    encoder's causal attention; the phrase's own encoding reaches nothing else. ``prompt_words``:
+    also a target per region for the prompt's tokens that its phrase shares (a word shared by
+    several regions may be attended to inside any of them)."""
     positive = encode(clip, prompt)
-    chunks, targets, offset = [positive[0][0]], [], positive[0][0].shape[1]
+    targets = []
+    if prompt_words:
+        shared = shared_word_positions(clip, prompt, [r.phrase for r in regions])
+        targets = [
+            RegionTarget(tuple(p), r.mask, r.weight, r.phrase)
+            for p, r in zip(shared, regions, strict=True)
+            if p
+        ]
+    chunks, offset = [positive[0][0]], positive[0][0].shape[1]
     for region in regions:
         chunk = encode(clip, region.phrase)[0][0]
         targets.append(

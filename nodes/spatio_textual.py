@@ -93,6 +93,15 @@ class SpatioTextualEncoder(io.ComfyNode):
                     "the positive is then the global prompt with that map, the MODEL passes through "
                     "unmasked and the masking inputs are unused. Leave empty for the training-free path.",
                 ),
+                io.Boolean.Input(
+                    "mask_prompt_words",
+                    default=True,
+                    optional=True,
+                    tooltip="Training-free path: also keep the global prompt's words that a region's text "
+                    "shares (e.g. 'red circle' in both) inside that region, so that the global prompt does "
+                    "not put the region's object elsewhere too (function words such as 'a', 'and' stay "
+                    "free; a word several regions share may go inside any of them).",
+                ),
             ],
             outputs=[
                 io.Model.Output(
@@ -126,7 +135,7 @@ class SpatioTextualEncoder(io.ComfyNode):
     @classmethod
     def execute(
         cls, model, clip, region_texts, global_prompt, background, start_at, end_at, layers,
-        segment_map=None, masks=None, spatext_encoder=None,
+        segment_map=None, masks=None, spatext_encoder=None, mask_prompt_words=True,
     ) -> io.NodeOutput:  # fmt: skip
         if (segment_map is None) == (masks is None):
             which = "both" if masks is not None else "neither"
@@ -142,7 +151,7 @@ class SpatioTextualEncoder(io.ComfyNode):
             segment_image = segment_map[0]
         regions = tuple(Region(e.text, mask) for e, mask in zip(entries, masks, strict=True))
         if spatext_encoder is None:
-            positive, targets = region_prompts_conditioning(clip, global_prompt, regions)
+            positive, targets = region_prompts_conditioning(clip, global_prompt, regions, mask_prompt_words)
             shape_input = "segment_map" if masks_input is None else "masks"
             model = install_masking(NODE, model, targets, start_at, end_at, layers, mask_input=shape_input)
         else:

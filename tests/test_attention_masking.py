@@ -88,3 +88,13 @@ def test_diffusers_denoiser_masks_and_still_records_unmasked_maps():
     assert not torch.allclose(out_plain, out_masked, atol=1e-5)
     first = stores[0].layers[0]  # before any masked output: the same input, the same (unmasked) maps
     assert torch.allclose(stores[0].maps_by_layer[first], stores[1].maps_by_layer[first], atol=1e-6)
+
+
+def test_the_prompt_words_a_region_text_shares_are_found_across_chunks():
+    from spatial_control.guidance.tokens import shared_token_positions
+
+    start, end, a, red, circle, blue = 1, 2, 10, 11, 12, 13
+    chunks = [[start, a, red, circle, a, blue, end], [start, red, end, end, end, end, end]]
+    assert shared_token_positions(chunks, [a, red, circle], skip_ids=[start, end, a]) == [2, 3, 8]
+    assert shared_token_positions(chunks, [blue], skip_ids=[start, end, a]) == [5]
+    assert shared_token_positions(chunks, [a], skip_ids=[a]) == []

@@ -93,6 +93,20 @@ def _custom(graph: dict, node: str, guider: dict, steps: int = 3) -> None:
     })  # fmt: skip
 
 
+def test_prompt_words_shared_with_a_region_are_masked_too(comfy):
+    graph = _graph(comfy)  # GLOBAL names both regions' objects: "a red circle and a blue square"
+    shared = _ksampler(comfy, graph)
+    chunks_only = _ksampler(comfy, _graph(comfy, mask_prompt_words=False))
+    assert (shared - chunks_only).abs().max() > 1e-3
+    elsewhere = _graph(comfy, mask_prompt_words=True)
+    elsewhere["4"]["inputs"]["global_prompt"] = "a picture"  # shares no word with the region texts
+    assert torch.equal(
+        _ksampler(comfy, elsewhere),
+        _ksampler(comfy, {**elsewhere, "4": {**elsewhere["4"], "inputs": {**elsewhere["4"]["inputs"],
+                                                                        "mask_prompt_words": False}}}),
+    )  # fmt: skip
+
+
 def _multi(global_scale: float, spatial_scale: float, mode: str = "multi-scale") -> dict:
     return {
         "class_type": "MultiConditionalCFGGuider",

@@ -30,7 +30,7 @@ from ..errors import (
     blame_input,
 )
 from ..schedule import step_fraction
-from ..tokens import find_token_positions
+from ..tokens import STOP_WORDS, find_token_positions, shared_token_positions
 
 STORE_KEY = "spatial_control_attention_store"
 
@@ -433,6 +433,19 @@ def locate_phrases(
                 "write it in the prompt or change the phrase"
             ) from None
     return positions
+
+
+def shared_word_positions(clip, prompt: str, texts: list[str]) -> list[list[int]]:
+    """Per text, the conditioning indices of the prompt's tokens that the text also has (stop words
+    and special tokens left out): where the global prompt names what a region's text describes."""
+    key, sd_tokenizer = _clip_tokenizer(clip)
+    chunks = [
+        [tok if isinstance(tok, int) else -1 for tok, *_ in chunk] for chunk in clip.tokenize(prompt)[key]
+    ]
+    tokenizer = sd_tokenizer.tokenizer
+    skip = {sd_tokenizer.start_token, sd_tokenizer.end_token, getattr(sd_tokenizer, "pad_token", None), -1}
+    skip.update(i for word in STOP_WORDS for i in tokenizer(word)["input_ids"][1:-1])
+    return [shared_token_positions(chunks, tokenizer(t)["input_ids"][1:-1], skip) for t in texts]
 
 
 def prompt_text_tokens(clip, prompt: str) -> list[int]:
