@@ -12,6 +12,9 @@ Karras, CFG 4, one image at a time so times compare):
   through ConditioningSetMask on its mask.
 - ``training_free``: SpatioTextualEncoder without a spatext encoder, its defaults (each region's
   text, and the global prompt's words it shares, attended to only inside its region, every step).
+- ``training_free_guided``: the training-free path's MODEL and positive into Region Backward
+  Guidance (its defaults), given the global prompt and, per region, its mask with the prompt's own
+  words for that object (the chain the node's tooltip describes).
 - ``training_free_chunks_only``: the same with ``mask_prompt_words`` off (only the appended region
   texts masked: the global prompt's words for each object act everywhere).
 - ``trained``: SpatioTextualEncoder's trained path with Shape World SpaText Model (the
@@ -49,8 +52,8 @@ SEED_BASE = 800_000
 CFG = 4.0
 MC_SCALES = {"global_scale": 4.0, "spatial_scale": 6.0}
 BASE_ARMS = (
-    "plain", "conditioning_set_mask", "training_free", "training_free_chunks_only", "trained",
-    "trained_no_prior",
+    "plain", "conditioning_set_mask", "training_free", "training_free_guided", "training_free_chunks_only",
+    "trained", "trained_no_prior",
 )  # fmt: skip
 ARMS = (*BASE_ARMS, "conditioning_set_mask_mc", "training_free_mc", "trained_mc")
 LABEL_COLOURS = ("#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff")
@@ -63,7 +66,8 @@ class MapTask:
         rng = np.random.default_rng([SEED_BASE, index])
         self.scene = split_scene("test", SEED_BASE + index)
         objects = self.scene.objects
-        self.global_prompt = write_caption(objects, random_style(rng, len(objects)), rng).text
+        written = write_caption(objects, random_style(rng, len(objects)), rng)
+        self.global_prompt, self.prompt_phrases = written.text, written.phrases
         self.texts = [write_caption([o], random_style(rng, 1), rng).text for o in objects]
         self.masks = [torch.from_numpy(m) for m in self.scene.masks]
         segment = torch.zeros(1, *self.scene.image.shape[:2], 3)
@@ -111,13 +115,25 @@ class Arms:
         settings.update(region_texts=task.region_texts, global_prompt=task.global_prompt)
         if base.startswith("training_free"):
             model, clip = s.model, s.clip
-            settings["mask_prompt_words"] = base == "training_free"
+            settings["mask_prompt_words"] = base != "training_free_chunks_only"
         else:
             model, clip, _, encoder = self.spatext[base == "trained"]
             settings["spatext_encoder"] = encoder
         settings["segment_map"] = task.segment_map
         model, spatial, global_, *_ = SpatioTextualEncoder.execute(model, clip, **settings).result
+        if base == "training_free_guided":
+            model, spatial = self.guided(task, model, spatial)
         return model, spatial, global_, clip
+
+    def guided(self, task: MapTask, model, positive):
+        from spatial_control.guidance.regions import Region
+        from spatial_control.nodes.region_guidance import RegionBackwardGuidance
+
+        regions = tuple(Region(p, m.float()) for p, m in zip(task.prompt_phrases, task.masks, strict=True))
+        settings = {k: v for k, v in _defaults(RegionBackwardGuidance).items() if k != "prompt"}
+        return RegionBackwardGuidance.execute(
+            model, self.session.clip, regions, task.global_prompt, positive=positive, **settings
+        ).result
 
     def image(self, arm: str, task: MapTask, seed: int) -> np.ndarray:
         s = self.session
