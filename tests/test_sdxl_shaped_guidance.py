@@ -181,6 +181,16 @@ def test_sdxl_tokenizer_positions_match_clip_l(comfy):
     assert prompt_text_tokens(clip, PROMPT) == list(range(1, 8))
 
 
+def test_sdxl_prompt_words_a_region_text_shares(comfy):
+    from comfy.sdxl_clip import SDXLTokenizer
+
+    from spatial_control.guidance.backends.comfy import shared_word_positions
+
+    clip = _TokenizerOnlyClip(SDXLTokenizer())
+    texts = ["a red circle", "the large blue square", "a cat"]
+    assert shared_word_positions(clip, PROMPT, texts) == [[2, 3], [6, 7], []]
+
+
 def test_clip_g_tokenizer_alone_does_not_count_its_padding(comfy):
     from comfy.sdxl_clip import SDXLClipGTokenizer
 
