@@ -4,6 +4,7 @@ templates browser.
 
     python -m scripts.build_workflows            # rebuild the JSON (a server gives /object_info)
     python -m scripts.build_workflows --thumbnails   # also run each workflow and save its picture
+    python -m scripts.build_workflows --thumbnails --only shape_world_spatio_textual
 
 Widgets a spec does not set take the node's default, so the workflows show the current defaults;
 ``tests/test_workflows.py`` fails when a committed workflow differs from what this builds.
@@ -26,10 +27,11 @@ SAMPLING = {"steps": 20, "cfg": 4.0, "sampler_name": "dpmpp_2m", "scheduler": "k
 PROMPT = "a red circle and a blue square"
 
 
-def _demo_model(w: WorkflowSpec):
-    model = w.node("ShapeWorldDemoModel", (0, 0), "Shape World Demo Model")
+def _demo_model(w: WorkflowSpec, loader: str = "ShapeWorldDemoModel", title: str = "Shape World Demo Model",
+                batch_size: int = 2):  # fmt: skip
+    model = w.node(loader, (0, 0), title)
     negative = w.node("CLIPTextEncode", (0, 0), "Negative prompt (empty)", text="", clip=model[1])
-    latent = w.node("EmptyLatentImage", (0, 0), "128x128", width=128, height=128, batch_size=2)
+    latent = w.node("EmptyLatentImage", (0, 0), "128x128", width=128, height=128, batch_size=batch_size)
     w.group("Model", model, negative, latent)
     return model, negative, latent
 
@@ -353,10 +355,7 @@ def text_grounding() -> WorkflowSpec:
     from benchmarks.shape_world.grounding_phrasing import written_grounding
 
     w = WorkflowSpec("shape_world_text_grounding")
-    model = w.node("ShapeWorldDemoModel", (0, 0), "Shape World Demo Model")
-    negative = w.node("CLIPTextEncode", (0, 0), "Negative prompt (empty)", text="", clip=model[1])
-    empty = w.node("EmptyLatentImage", (0, 0), "128x128", width=128, height=128, batch_size=1)
-    w.group("Model", model, negative, empty)
+    model, negative, empty = _demo_model(w, batch_size=1)
     image = w.node("LoadImage", (1, 0), "Image to add to", image=GROUNDING_IMAGE)
     grounding = w.node(
         "TextGroundingMap", (1, 0), "Text Grounding Map", image=image[0],
@@ -388,6 +387,77 @@ def text_grounding() -> WorkflowSpec:
     return w
 
 
+SEGMENT_MAP_IMAGE = "segment_map_example.png"
+# Label colours are only labels: each region's text says what it shows.
+SEGMENT_TEXTS = "#ff0000: a yellow circle\n#0000ff: a green triangle\n#00ff00: a purple cross"
+SEGMENT_PROMPT = "a yellow circle, a green triangle and a purple cross"
+
+
+def write_segment_map_image() -> None:
+    """The spatio-textual workflow's segment map, painted by hand-like rules: a disc, a triangle and
+    a cross in flat label colours on black, at the demo model's 128x128."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (128, 128), (0, 0, 0))
+    draw = ImageDraw.Draw(image)
+    draw.ellipse((12, 14, 58, 60), fill=(255, 0, 0))
+    draw.polygon([(74, 112), (118, 112), (96, 70)], fill=(0, 0, 255))
+    draw.rectangle((30, 78, 44, 118), fill=(0, 255, 0))
+    draw.rectangle((17, 91, 57, 105), fill=(0, 255, 0))
+    EXAMPLE_INPUTS.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(image)).save(EXAMPLE_INPUTS / SEGMENT_MAP_IMAGE)
+
+
+def spatio_textual() -> WorkflowSpec:
+    w = WorkflowSpec("shape_world_spatio_textual")
+    model, negative, latent = _demo_model(w, "ShapeWorldSpaTextModel", "Shape World SpaText Model")
+    segment = w.node("LoadImage", (1, 0), "Segment map (paint your own)", image=SEGMENT_MAP_IMAGE)
+    encoder = w.node(
+        "SpatioTextualEncoder", (1, 0), "Spatio-Textual Encoder", model=model[0], clip=model[1],
+        segment_map=segment[0], region_texts=SEGMENT_TEXTS, global_prompt=SEGMENT_PROMPT,
+        spatext_encoder=model[3],
+    )  # fmt: skip
+    preview = w.node(
+        "SaveImage", (1, 0), "Parsed regions", images=encoder[5], filename_prefix="shape_world/segments"
+    )
+    w.group("A text for every painted region", segment, encoder, preview)
+    nodes = _sampled(
+        w, 2, encoder[0], encoder[1], negative[0], latent[0], model[2], "spatio_textual", "KSampler"
+    )
+    w.group("Stock KSampler (one CFG scale)", *nodes)
+    w.note(
+        "Paint regions in flat colours (any shapes) and give each colour a line '#rrggbb: what it shows'; "
+        "the colours are only labels. The SpaText model reads the map of region embeddings beside the "
+        "latent; Multi-Conditional CFG Guider (below) gives the global prompt and the regions their own "
+        "scales. For any other checkpoint, leave spatext_encoder unconnected (training-free path).",
+        (0, 0),
+    )
+    w.new_section()
+    guider = w.node(
+        "MultiConditionalCFGGuider", (2, 0), "Multi-Conditional CFG Guider", model=encoder[0],
+        spatial_positive=encoder[1], global_positive=encoder[2], negative=negative[0],
+        global_scale=4.0, spatial_scale=6.0,
+    )  # fmt: skip
+    noise = w.node("RandomNoise", (2, 0), "Noise", noise_seed=7)
+    sampler = w.node("KSamplerSelect", (2, 0), "Sampler", sampler_name=SAMPLING["sampler_name"])
+    sigmas = w.node(
+        "BasicScheduler", (2, 0), "Scheduler", model=encoder[0], scheduler=SAMPLING["scheduler"],
+        steps=SAMPLING["steps"], denoise=1.0,
+    )  # fmt: skip
+    sampled = w.node(
+        "SamplerCustomAdvanced", (3, 0), "SamplerCustomAdvanced", noise=noise[0], guider=guider[0],
+        sampler=sampler[0], sigmas=sigmas[0], latent_image=latent[0],
+    )  # fmt: skip
+    decoded = w.node("VAEDecode", (3, 0), "VAE Decode", samples=sampled[0], vae=model[2])
+    save = w.node(
+        "SaveImage", (3, 0), "Image", images=decoded[0], filename_prefix="shape_world/spatio_textual_mc"
+    )
+    w.group("Multi-conditional CFG (s_global 4, s_full 6)", guider, noise, sampler, sigmas, sampled,
+            decoded, save)  # fmt: skip
+    return w
+
+
 SPECS = (
     text_to_image,
     attention_maps,
@@ -397,6 +467,7 @@ SPECS = (
     region_edit,
     region_reshape,
     text_grounding,
+    spatio_textual,
 )
 # The saved image (filename prefix) each workflow shows in the templates browser.
 THUMBNAILS = {
@@ -408,6 +479,7 @@ THUMBNAILS = {
     "shape_world_region_edit": "region_edit",
     "shape_world_region_reshape": "region_reshape",
     "shape_world_text_grounding": "text_grounding",
+    "shape_world_spatio_textual": "spatio_textual",
 }
 
 
@@ -433,10 +505,12 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--thumbnails", action="store_true", help="run each workflow, save its last image")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="thumbnails of these workflows only")
     args = parser.parse_args()
     write_concept_images()
     write_edit_images()
     write_grounding_image()
+    write_segment_map_image()
     with ComfyServer(Path(tempfile.mkdtemp(prefix="build_workflows_"))) as server:
         info = server.object_info()
         graphs = build(info)
@@ -444,6 +518,8 @@ def main() -> None:
         print(f"wrote {len(graphs)} workflows to {WORKFLOWS_DIR} and {EXAMPLES_DIR}")
         if args.thumbnails:
             for name, graph in graphs.items():
+                if args.only and name not in args.only:
+                    continue
                 images = server.saved_images(server.run(ui_to_api(graph, info)))
                 shown = [p for p in images if p.name.startswith(THUMBNAILS[name] + "_0")]
                 thumbnail = Image.open(shown[0]).convert("RGB").resize((256, 256), Image.NEAREST)
