@@ -119,3 +119,23 @@ def test_grounding_map_record_scores_the_true_box_valid_and_summarises_per_relat
     assert not far["map_accuracy"] and far["box_iou"] == 0.0
     figures = summarise(rows, ("map_accuracy", "box_iou"))
     assert figures["map_accuracy"] == 1.0 and set(figures) >= {"left of", "between", "next to"}
+
+
+def test_spatext_tasks_paint_maps_that_parse_back_into_their_masks_and_score_the_truth_perfectly():
+    import numpy as np
+    import torch
+
+    from benchmarks.bench_spatext import MapTask, region_iou
+    from benchmarks.shape_world.metrics import detect_objects, frechet_distance
+    from spatial_control.guidance.segment_map import parse_region_texts, split_segment_map
+
+    task = MapTask(3)
+    masks = split_segment_map(task.segment_map[0], parse_region_texts(task.region_texts))
+    assert torch.equal(masks.bool(), torch.stack(task.masks))
+    detections = detect_objects(task.scene.image)
+    pairs = zip(task.scene.objects, task.masks, strict=True)
+    ious = [region_iou(detections, m.numpy(), o.colour) for o, m in pairs]
+    assert min(ious) > 0.8  # the real scene fills its own regions
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 4)), rng.normal(size=(300, 4))
+    assert frechet_distance(a, b) < 0.3 < frechet_distance(a, b + 1.0)
