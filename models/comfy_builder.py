@@ -111,8 +111,11 @@ class SpatioTextualModel(comfy.model_base.BaseModel):
         if st_map is None:
             return torch.zeros(noise.shape[0], self.map_channels, *noise.shape[-2:], device=kwargs["device"])
         if st_map.ndim != 4 or st_map.shape[1] != self.map_channels:
-            raise ValueError(f"a spatio-textual map of {self.map_channels} channels was expected, got "
-                             f"{tuple(st_map.shape)}")  # fmt: skip
+            raise NodeInputError(
+                "SpatioTextualEncoder", "spatext_encoder", f"this MODEL reads a {self.map_channels}-channel "
+                f"map but the conditioning carries one of shape {tuple(st_map.shape)}: use the "
+                "spatext_encoder that came with this MODEL's loader",
+            )  # fmt: skip
         (h, w), (lh, lw) = st_map.shape[-2:], noise.shape[-2:]
         if abs(w / h - lw / lh) > 0.01 * lw / lh:
             raise NodeInputError(

@@ -121,3 +121,14 @@ def test_a_map_of_another_aspect_is_refused_when_sampling(comfy, spatext):
     positive = _encode(comfy, model, clip, encoder, _segment_map(width=256, height=128))[1]
     with pytest.raises(ValueError, match="input 'segment_map': the map is 256x128"):
         _sample(comfy, model, clip, positive)
+
+
+def test_a_map_of_another_width_is_refused_when_sampling(comfy, spatext):
+    from spatial_control.models.comfy_builder import MAP_KEY
+
+    models, encoder = spatext
+    model, clip, _ = models["reads"]
+    positive = _encode(comfy, model, clip, encoder)[1]
+    narrow = [[t, {**d, MAP_KEY: d[MAP_KEY][:, :8]}] for t, d in positive]
+    with pytest.raises(ValueError, match="input 'spatext_encoder': this MODEL reads a 128-channel map"):
+        _sample(comfy, model, clip, narrow)
