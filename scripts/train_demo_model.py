@@ -128,6 +128,14 @@ def token_grounding_loss(maps: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return ((1 - inside) ** 2 * grounded).sum() / grounded.sum().clamp_min(1)
 
 
+def training_scene(rng: np.random.Generator, split: str, index: int) -> Scene:
+    """Scene ``index`` of ``split`` with the training mix: 1-4 objects by ``OBJECT_COUNT_PROBS``, a
+    textured background ``TEXTURED_SHARE`` of the time (both drawn from ``rng``)."""
+    n = int(rng.choice(4, p=OBJECT_COUNT_PROBS)) + 1
+    background = str(rng.choice(["noise", "gradient"])) if rng.random() < TEXTURED_SHARE else "plain"
+    return split_scene(split, index, n_objects=n, background=background)
+
+
 class SceneBatches(torch.utils.data.IterableDataset):
     """Batches ``(images [B,3,128,128] in [-1,1], captions, grounding targets [B,77,16,16])`` of the
     train split from ``first_index``; captions written in random styles (``captions.random_style``)."""
@@ -145,11 +153,8 @@ class SceneBatches(torch.utils.data.IterableDataset):
             rng = np.random.default_rng([self.seed, start])
             images, captions, targets = [], [], []
             for index in range(start, start + self.batch):
-                n = int(rng.choice(4, p=OBJECT_COUNT_PROBS)) + 1
-                background = (
-                    str(rng.choice(["noise", "gradient"])) if rng.random() < TEXTURED_SHARE else "plain"
-                )
-                scene = split_scene("train", index, n_objects=n, background=background)
+                scene = training_scene(rng, "train", index)
+                n = len(scene.objects)
                 images.append(scene.image)
                 dropped = rng.random() < CAPTION_DROPOUT
                 style = random_style(rng, n, self.unknown)

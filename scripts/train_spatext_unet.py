@@ -24,13 +24,11 @@ import numpy as np
 import torch
 
 from benchmarks.shape_world.captions import random_style, write_caption
-from benchmarks.shape_world.generator import split_scene
 from scripts.comfy_headless import find_comfyui
 from scripts.train_demo_model import (
     MIN_SNR_GAMMA,
-    OBJECT_COUNT_PROBS,
-    TEXTURED_SHARE,
     alphas_cumprod,
+    training_scene,
     unknown_words,
 )
 from scripts.training import (
@@ -82,9 +80,8 @@ def scene_sample(split: str, index: int, seed: int, unknown, full: bool = False)
     """One sample: (image [3,128,128] in [0,1], caption, masks [R,128,128] of the objects in the map);
     ``full``: every object in the map and the caption kept (evaluation)."""
     rng = np.random.default_rng([seed, index])
-    n = int(rng.choice(4, p=OBJECT_COUNT_PROBS)) + 1
-    background = str(rng.choice(["noise", "gradient"])) if rng.random() < TEXTURED_SHARE else "plain"
-    scene = split_scene(split, index, n_objects=n, background=background)
+    scene = training_scene(rng, split, index)
+    n = len(scene.objects)
     caption = write_caption(scene.objects, random_style(rng, n, unknown), rng).text
     names, probs = list(RECIPE["conditions"]), list(RECIPE["conditions"].values())
     condition = "both" if full else names[int(rng.choice(len(names), p=probs))]
