@@ -121,7 +121,8 @@ class SpatioTextualEncoder(io.ComfyNode):
                 Regions.Output(
                     display_name="regions",
                     tooltip="One region per line, its text as phrase and its mask at the map's "
-                    "resolution; e.g. to Region Backward Guidance.",
+                    "resolution; e.g. to Region Backward Guidance (for painted shapes, 4 candidates and "
+                    "end_at 0.3 follow the outlines more closely than its defaults, which suit boxes).",
                 ),
                 io.Mask.Output(display_name="masks", tooltip="One mask per region, in the lines' order."),
                 io.Image.Output(
