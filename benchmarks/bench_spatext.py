@@ -60,7 +60,8 @@ ARMS = (
     "plain", "conditioning_set_mask", "training_free", "training_free_guided", "trained", "trained_no_prior",
     "conditioning_set_mask_mc", "training_free_mc", "trained_mc",
 )  # fmt: skip
-# Not in the default run (on the demo model it gave the same images as training_free): run(arms=...).
+# Not in the default run (run(arms=...)): chunks_only gave the same images as training_free on the demo
+# model; node_defaults is the guided chain at Region Backward Guidance's own defaults, for comparison.
 OPTIONAL_ARMS = ("training_free_chunks_only", "training_free_guided_node_defaults")
 # A painted outline asks for the object's exact extent, not only its place: more guided steps and
 # start candidates close more of the gap (eval-split maps; docs/spatio_textual.md).
