@@ -468,12 +468,14 @@ def spatio_textual_training_free() -> WorkflowSpec:
     """The training-free path, as on any checkpoint: the encoder's masked MODEL, positive and REGIONS
     into Region Backward Guidance with the settings docs/spatio_textual.md measured for painted
     regions, then the stock KSampler."""
+    from benchmarks.bench_spatext import PAINTED_REGION_GUIDANCE  # the settings its benchmark arm measures
+
     w = WorkflowSpec("shape_world_spatio_textual_training_free")
     model, negative, latent = _demo_model(w)
     encoder = _painted_regions(w, model)
     guided = w.node(
         "RegionBackwardGuidance", (2, 0), "Region Backward Guidance", model=encoder[0], clip=model[1],
-        regions=encoder[3], prompt=SEGMENT_PROMPT, positive=encoder[1], candidates=4, end_at=0.3,
+        regions=encoder[3], prompt=SEGMENT_PROMPT, positive=encoder[1], **PAINTED_REGION_GUIDANCE,
     )  # fmt: skip
     nodes = _sampled(
         w, 2, guided[0], guided[1], negative[0], latent[0], model[2], "spatio_textual_training_free",
