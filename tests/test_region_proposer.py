@@ -126,7 +126,7 @@ def test_masked_edit_regenerates_inside_and_keeps_the_source_outside():
 
 def test_region_network_gets_a_gradient_from_the_losses():
     torch.manual_seed(0)
-    net = RegionGenerator(8)
+    net = RegionGenerator(8, candidates=2)
     features, boxes = torch.randn(1, 8, 4, 4), torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.5, 0.5, 1.0, 1.0]])
     optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
     losses = torch.tensor([1.0, 0.0])
@@ -140,6 +140,30 @@ def test_region_network_gets_a_gradient_from_the_losses():
     # Every parameter is reached (the convolutions from the second step on: the score layer starts at 0).
     assert reached == {name for name, _ in net.named_parameters()}
     assert net(features, boxes).argmax() == 1
+
+
+def test_region_network_free_logits_let_each_anchor_reach_its_own_best_size():
+    # Two anchors with the same candidate boxes (so the same features and geometry) whose losses disagree
+    # on the size: the feature score gives both one ranking; a logit per candidate fits each.
+    features = torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(1))
+    boxes = torch.tensor([[0.2, 0.2, 0.4, 0.4], [0.1, 0.1, 0.5, 0.5]]).repeat(2, 1)
+    losses = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+
+    def fitted_sizes(net):
+        optimizer = torch.optim.Adam(net.parameters(), lr=0.05)
+        for _ in range(100):
+            loss = (rp.size_distribution(net(features, boxes), 2, 1.0) * losses).sum(1).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        return rp.size_distribution(net(features, boxes), 2, 1.0).argmax(1).tolist()
+
+    torch.manual_seed(0)
+    shared = fitted_sizes(RegionGenerator(8))
+    torch.manual_seed(0)
+    assert shared[0] == shared[1] and fitted_sizes(RegionGenerator(8, candidates=4)) == [0, 1]
+    with pytest.raises(ValueError, match="built for 4 candidates, given 2"):
+        RegionGenerator(8, candidates=4)(features, boxes[:2])
 
 
 # ------------------------------------------------------------------------ the proposer on a toy world

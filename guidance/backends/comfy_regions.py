@@ -91,7 +91,7 @@ def propose_edit_region(
 
     with torch.inference_mode(False), torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        generator = RegionGenerator(features.shape[1])
+        generator = RegionGenerator(features.shape[1], candidates=candidates)
         return propose_region(
             pixels,
             points[0],
