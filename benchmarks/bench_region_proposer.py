@@ -1,17 +1,17 @@
 """Benchmark ``region_proposer``: edit only what the text is about, with no mask from the user.
 
-Edit tasks of the shape world's test split (never used in training or tuning), the same number of each
-kind: recolour ("make the circle green"), reshape ("turn the red circle into a square"), remove ("remove
-the blue cross") and add ("add a green triangle next to the blue square": a grounding task of the relation
-"next to", no size words). Every arm proposes a region on the demo model; then the same stock edit runs
-for every arm (``final_edit``; the area edited is the region grown by 0.1 of its side, the node's
-``mask_margin``): recolour, one inpainting pass (VAEEncode, SetLatentNoiseMask, KSampler 20 steps DPM++ 2M
-Karras, CFG 4, denoise 0.6, VAEDecode, ImageCompositeMasked), the model guided by RegionBackwardGuidance to
-put the target phrase in the region; reshape and add, two passes as text-grounded generation runs them
-(the guided model lays the object out from an empty latent, LatentCompositeMasked pastes it in, a pass at
-denoise 0.3 blends it; RegionBackwardGuidance's target_scale 0.55 for a new shape, its defaults but 4
-start candidates for an addition); remove, one pass at denoise 1 with an empty prompt and the object as the
-negative prompt.
+Edit tasks of the shape world's test split (never used in training or tuning), the same number of each kind:
+recolour ("make the circle green"), reshape ("turn the red circle into a square"), remove ("remove the blue
+cross") and add ("add a green triangle next to the blue square": a grounding task of the relation "next to",
+no size words). Every arm proposes a region on the demo model; then the same stock edit runs for every arm
+(``final_edit``; the area edited is the region grown by 0.1 of its side, the node's ``mask_margin``):
+recolour, one inpainting pass (VAEEncode, SetLatentNoiseMask, KSampler 20 steps DPM++ 2M Karras, CFG 4,
+denoise 0.6, VAEDecode, ImageCompositeMasked), the model guided by RegionBackwardGuidance to put the target
+phrase in the region, the object as it is now ("a purple cross") as the negative prompt; reshape and add, two
+passes as text-grounded generation runs them (the guided model lays the object out from an empty latent,
+LatentCompositeMasked pastes it in, a pass at denoise 0.3 blends it; RegionBackwardGuidance's target_scale
+0.55 for a new shape, its defaults but 4 start candidates for an addition); remove, one pass at denoise 1 with
+an empty prompt and the object as the negative prompt.
 
 - ``whole_image``: the whole image is the region (no proposal).
 - ``random_rerank``: what the released Learnable Regions code does in effect: one random box size per
@@ -149,7 +149,8 @@ class Proposers:
 def final_edit(session, image, box, request, seed: int) -> np.ndarray:
     """The stock edit of the region's ``box``, per kind: uint8 ``[H, W, 3]``.
 
-    - recolour: one inpainting pass (denoise 0.6), the model guided to put the target phrase in the box;
+    - recolour: one inpainting pass (denoise 0.6), the model guided to put the target phrase in the box,
+      the object as it is now as the negative prompt;
     - replace (a new shape): two passes, the object laid out from an empty latent by the guided model
       (target_scale 0.55), pasted into the image's latent and blended in (denoise 0.3), as text-grounded
       generation does; one inpainting pass rarely draws a new shape into a box (docs);
@@ -171,8 +172,9 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
         return session.grounded_generation(
             image, box, area, request.prompt, request.target, seed, target_scale=RESHAPE_TARGET_SCALE
         )
+    negative = request.negative  # the object as it is now: steers the edit away from the old colour
     return session.masked_generation(
-        image, box, request.prompt, request.target, RECOLOUR_DENOISE, seed, area=area
+        image, box, request.prompt, request.target, RECOLOUR_DENOISE, seed, area=area, negative=negative
     )
 
 

@@ -59,9 +59,11 @@ class EditRequest:
 
     @property
     def negative(self) -> str:
-        """The negative prompt of the edit: the object itself for a removal ("a blue cross"; an empty
-        positive prompt alone often leaves it in place), nothing otherwise."""
-        return f"a {self.source}" if self.kind == "remove" and self.source else ""
+        """The negative prompt of the edit: the object as it is now for a removal ("a blue cross"; an
+        empty positive prompt alone often leaves it in place) and for a recolour (it steers the edit away
+        from the old colour, where an edit with an empty negative often erased the object;
+        docs/region_proposer.md), nothing otherwise."""
+        return f"a {self.source}" if self.kind in ("remove", "recolour") and self.source else ""
 
 
 def parse_edit(text: str, source_text: str = "") -> EditRequest:

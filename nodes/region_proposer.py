@@ -210,8 +210,9 @@ class RegionProposer(io.ComfyNode):
                 ),
                 io.String.Output(
                     display_name="negative_prompt",
-                    tooltip="What must not be generated there: the object itself for a removal ('a blue "
-                    "cross'), empty otherwise. Connect it to the edit's negative CLIP Text Encode.",
+                    tooltip="What must not be generated there: the object as it is now for a removal ('a "
+                    "blue cross') or a recolour ('a purple cross'), empty otherwise. Connect it to the "
+                    "edit's negative CLIP Text Encode.",
                 ),
             ],
             is_output_node=True,

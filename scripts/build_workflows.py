@@ -271,15 +271,15 @@ def region_edit() -> WorkflowSpec:
         save,
     )  # fmt: skip
     w.note(
-        "Region Proposer reads the edit text ('make the X Y', 'turn the X into a Y', 'remove the X', 'add"
-        " a Y next to the X'), finds the region it is about (anchors from a self-supervised ViT, "
-        "candidate boxes edited once each by the model, a region network trained on this image with CLIP "
-        "losses) and outputs its mask (the region with a margin), REGIONS, the prompt for it and, for a "
-        "removal, the object as the negative prompt. Region Backward Guidance keeps the new look inside "
-        "the region; the stock nodes edit only there (denoise 0.6 recolours). A removal has nothing to "
-        "guide: connect the model and an encoder of the empty prompt straight to KSampler, at denoise "
-        "1.0. A new shape takes two passes (shape_world_region_reshape). Load your own image and write "
-        "your edit.",
+        "Region Proposer reads the edit text ('make the X Y', 'turn the X into a Y', 'remove the X', 'add a"
+        " Y next to the X'), finds the region it is about (anchors from a self-supervised ViT, candidate "
+        "boxes edited once each by the model, a region network trained on this image with CLIP losses) and "
+        "outputs its mask (the region with a margin), REGIONS, the prompt for it and, for a recolour or a "
+        "removal, the object as it is now as the negative prompt. Region Backward Guidance keeps the new "
+        "look inside the region; the stock nodes edit only there (denoise 0.6 recolours). A removal has "
+        "nothing to guide: connect the model and an encoder of the empty prompt straight to KSampler, at "
+        "denoise 1.0. A new shape takes two passes (shape_world_region_reshape). Load your own image and "
+        "write your edit.",
         (0, 0),
     )
     return w

@@ -54,10 +54,11 @@ def test_edit_texts_split_into_source_and_target(text, kind, source, target, pro
     assert (request.kind, request.source, request.target, request.prompt) == (kind, source, target, prompt)
 
 
-def test_only_a_removal_names_its_object_in_the_negative_prompt():
+def test_a_removal_and_a_recolour_name_the_object_as_it_is_in_the_negative_prompt():
     assert parse_edit("remove the blue cross").negative == "a blue cross"
     assert parse_edit("get rid of the circle").negative == "a circle"
-    for text in ("make the circle green", "turn the red circle into a square", "a green circle"):
+    assert parse_edit("make the purple cross yellow").negative == "a purple cross"
+    for text in ("turn the red circle into a square", "a green circle"):
         assert parse_edit(text, "circle").negative == ""
 
 

@@ -52,7 +52,7 @@ def test_node_outputs_mask_box_regions_and_preview(comfy):
     assert float(mask[0, y0:y1, x0:x1].min()) == 1.0 and torch.allclose(mask[0], grown)
     assert float(regions[0].mask.sum()) == pytest.approx((x1 - x0) * (y1 - y0), abs=1)
     assert len(regions) == 1 and regions[0].phrase == "green circle"
-    assert preview.shape == (1, 64, 128, 3) and prompt == "a green circle" and negative == ""
+    assert preview.shape == (1, 64, 128, 3) and prompt == "a green circle" and negative == "a circle"
     assert any(node == "3" for node, *_ in result.progress)
     comfy.run(_graph(), fresh=True)
     assert comfy.node_output("3")[1] == box  # same seed, same region
