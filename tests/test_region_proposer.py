@@ -205,10 +205,13 @@ def _propose(text: str, **settings):
     from benchmarks.shape_world.metrics import box_iou
 
     points = torch.tensor([[0.35, 0.35], [0.78, 0.78], [0.1, 0.9]])  # one anchor at the square's corner
+    proposer = rp.ProposerSettings(**settings)
     torch.manual_seed(0)
+    # built as the node builds it: a free logit for each anchor's each size
+    generator = RegionGenerator(8, candidates=len(points) * len(proposer.box_sizes))
     proposal = rp.propose_region(
-        toy_image(), points, torch.randn(1, 8, 16, 16), recolour_red, ColourScorer(), RegionGenerator(8),
-        parse_edit(text), rp.ProposerSettings(**settings),
+        toy_image(), points, torch.randn(1, 8, 16, 16), recolour_red, ColourScorer(), generator,
+        parse_edit(text), proposer,
     )  # fmt: skip
     return proposal, box_iou(proposal.box, SQUARE)
 
