@@ -2,19 +2,25 @@
 
 Concept sets of the shape world's eval split (never used in training): 1-3 concepts (colour +
 shape pairs) shared by 3 or 4 images, each image with 1-3 distractor objects that a concept must
-not absorb. Every arm learns the same sets with the same seeds on the demo model through the
-pack's ComfyUI path (``learn_concepts``, as the node runs it), saves the embeddings and generates
-with them through the stock sampler (``embedding:<name>``, 20 steps DPM++ 2M Karras, CFG 4):
+not absorb (none of them in every image). Every arm learns the same sets with the same seeds on the
+demo model through the pack's ComfyUI path (``learn_concepts``, as the node runs it), saves the
+embeddings and generates with them through the stock sampler (``embedding:<name>``, 20 steps
+DPM++ 2M Karras, CFG 4):
 
 - ``textual_inversion``: one token set per concept, whole-image loss, no masks, no attention loss.
-- ``first_pass``: masks estimated once from the tokens' attention after the first round, then kept.
+- ``first_pass``: the first masks (co-segmentation, as in ``em``), one M-step, then the masks of
+  the first attention pass, kept for the remaining rounds (no EM iterations).
 - ``em``: the defaults (masks re-estimated after every round until stable).
 
-Figures per arm: ``mask_iou`` (mean over concepts and images of the IoU of the concept's mask with
-the true mask), ``leakage`` (share of a concept's mask area lying on distractor objects),
-``fidelity`` (share of "a <concept>" images, several seeds, showing the concept's colour and shape),
+The concepts are learned without names, so each arm's learned concepts are matched to the true
+ones by the assignment of highest mean mask IoU (Hungarian) before anything is scored. Figures per
+arm: ``mask_iou`` (mean over concepts and images of the IoU of the concept's mask with the true
+mask), ``leakage`` (share of a concept's mask area lying on distractor objects), ``fidelity``
+(share of "a <concept>" images, several seeds, showing the concept's colour and shape),
 ``composition`` (sets of 2+ concepts: share of "a <c1> and a <c2>" images showing both),
-``seconds_per_set`` and ``peak_ram_gb`` (the process's peak resident memory during the arm's runs).
+``seconds_per_set`` and ``peak_ram_gb`` (the process's peak resident memory during the arm's runs);
+``first_mask_iou``: the same IoU for the masks the first M-step learned from (co-segmentation's), where
+the arm has them.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.optimize import linear_sum_assignment
 
 from benchmarks.shape_world.generator import sample_concepts
 from benchmarks.shape_world.metrics import mask_iou, object_present
@@ -61,14 +68,37 @@ def _reset_peak_rss() -> None:
         Path("/proc/self/clear_refs").write_text("5")
 
 
-def _set_figures(concept_set, result, distractors) -> dict:
+def _mean_ious(concept_set, masks) -> np.ndarray:
+    """``[true concept, learned concept]`` mean IoU over the images of learned ``masks`` ``[n, k, H, W]``."""
+    k = len(concept_set.concepts)
+    table = np.zeros((k, k))
+    for c in range(k):
+        for g in range(k):
+            per_image = [
+                mask_iou(masks[s, g].numpy() > 0.5, truth[c] > 0.5)
+                for s, truth in enumerate(concept_set.masks)
+            ]
+            table[c, g] = np.mean(per_image)
+    return table
+
+
+def matching(concept_set, masks) -> list[int]:
+    """For each true concept, the learned concept it is matched to (highest total mean IoU)."""
+    rows, cols = linear_sum_assignment(-_mean_ious(concept_set, masks))
+    return [int(c) for _, c in sorted(zip(rows, cols, strict=True))]
+
+
+def _set_figures(concept_set, result, distractors, order: list[int]) -> dict:
     ious, leaks = [], []
     for s, scene_masks in enumerate(concept_set.masks):
         for c, truth in enumerate(scene_masks):
-            mask = result.masks[s, c].numpy() > 0.5
+            mask = result.masks[s, order[c]].numpy() > 0.5
             ious.append(mask_iou(mask, truth > 0.5))
             leaks.append(float((mask & distractors[s]).sum()) / max(int(mask.sum()), 1))
-    return {"ious": ious, "leaks": leaks}
+    first = []
+    if result.first_masks is not None:
+        first = list(_mean_ious(concept_set, result.first_masks).max(1))  # each concept's best first mask
+    return {"ious": ious, "leaks": leaks, "first_ious": first}
 
 
 def _distractor_masks(concept_set) -> list[np.ndarray]:
@@ -92,7 +122,15 @@ def run(quick: bool = False, arms=ARMS) -> dict:
     n = 6 if quick else 50
     sets = [sample_concepts("eval", SEED_BASE + i, k=3 + i % 2) for i in range(n)]
     records = {
-        arm: {"ious": [], "leaks": [], "fidelity": [], "composition": [], "seconds": 0.0, "ram": 0.0}
+        arm: {
+            "ious": [],
+            "leaks": [],
+            "first_ious": [],
+            "fidelity": [],
+            "composition": [],
+            "seconds": 0.0,
+            "ram": 0.0,
+        }
         for arm in arms
     }
     for i, concept_set in enumerate(sets):
@@ -111,12 +149,13 @@ def run(quick: bool = False, arms=ARMS) -> dict:
             record = records[arm]
             record["seconds"] += time.perf_counter() - start
             record["ram"] = max(record["ram"], _peak_rss_gb() or 0.0)
-            figures = _set_figures(concept_set, result, distractors)
-            record["ious"] += figures["ious"]
-            record["leaks"] += figures["leaks"]
-            names = [f"bench_{arm}_{i}_{c}" for c in range(count)]
+            order = matching(concept_set, result.masks)
+            figures = _set_figures(concept_set, result, distractors, order)
+            for key in ("ious", "leaks", "first_ious"):
+                record[key] += figures[key]
+            names = [f"bench_{arm}_{i}_{c}" for c in range(count)]  # name c: the one matched to concept c
             for c, name in enumerate(names):
-                rows = {k: v[c] for k, v in result.embeddings.items()}
+                rows = {k: v[order[c]] for k, v in result.embeddings.items()}
                 save_embedding(embeddings / f"{name}.safetensors", rows, overwrite=True)
             for c, name in enumerate(names):
                 generated, _ = session.generate(
@@ -134,6 +173,7 @@ def run(quick: bool = False, arms=ARMS) -> dict:
         figures["arms"][arm] = {
             "mask_iou": float(np.mean(record["ious"])),
             "leakage": float(np.mean(record["leaks"])),
+            "first_mask_iou": float(np.mean(record["first_ious"])) if record["first_ious"] else None,
             "fidelity": float(np.mean(record["fidelity"])),
             "composition": float(np.mean(record["composition"])) if record["composition"] else None,
             "seconds_per_set": record["seconds"] / n,

@@ -3,7 +3,9 @@
 A backend (ComfyUI or diffusers) calls ``AttentionStore.record`` from inside each selected
 cross-attention layer with the softmax probabilities of the image queries over the text tokens.
 The store keeps them with their autograd graph, so an energy on the maps can be differentiated
-with respect to the latent. Layers are named the way ComfyUI names its attention patches.
+with respect to the latent. Layers are named the way ComfyUI names its attention patches. A store
+made with ``keep_queries`` also keeps the layers' image queries: dense features of the image, as
+the denoiser sees it (``query_features``).
 """
 
 from __future__ import annotations
@@ -114,14 +116,19 @@ class AttentionStore:
     """
 
     def __init__(
-        self, layers: Collection[CrossAttentionLayer] | None = None, stop_when_complete: bool = False
+        self,
+        layers: Collection[CrossAttentionLayer] | None = None,
+        stop_when_complete: bool = False,
+        keep_queries: bool = False,
     ):
         if stop_when_complete and layers is None:
             raise ValueError("stop_when_complete needs an explicit list of layers")
         self.stop_when_complete = stop_when_complete
+        self.keep_queries = keep_queries
         self._wanted = None if layers is None else {layer.patch_key for layer in layers}
         self.maps_by_layer: dict[CrossAttentionLayer, torch.Tensor] = {}
         self.labels_by_layer: dict[CrossAttentionLayer, torch.Tensor] = {}
+        self.queries_by_layer: dict[CrossAttentionLayer, torch.Tensor] = {}
 
     def wants(self, patch_key: tuple[str, int, int]) -> bool:
         return self._wanted is None or tuple(patch_key) in self._wanted
@@ -133,7 +140,10 @@ class AttentionStore:
         heads: int,
         latent_hw: tuple[int, int],
         chunks: list[int] | None = None,
+        queries: torch.Tensor | None = None,
     ) -> None:
+        """``queries`` ``[batch, positions, dim]``: the layer's image queries, kept if the store
+        keeps them."""
         batch_heads, positions, tokens = probs.shape
         batch = batch_heads // heads
         h, w, downscale = layer_grid(latent_hw, positions)
@@ -141,6 +151,13 @@ class AttentionStore:
         chunks = chunks or [COND]
         labels = torch.tensor(chunks).repeat_interleave(batch // len(chunks))
         layer = CrossAttentionLayer(patch_key[0], int(patch_key[1]), int(patch_key[2]), downscale)
+        if self.keep_queries:
+            if queries is None:
+                raise ValueError(f"layer {layer.name} recorded no queries into a store that keeps them")
+            grid = queries.reshape(batch, h, w, -1).permute(0, 3, 1, 2)
+            if layer in self.queries_by_layer:
+                grid = torch.cat([self.queries_by_layer[layer], grid])
+            self.queries_by_layer[layer] = grid
         if layer in self.maps_by_layer:
             maps = torch.cat([self.maps_by_layer[layer], maps])
             labels = torch.cat([self.labels_by_layer[layer], labels])
@@ -167,6 +184,27 @@ class AttentionStore:
                 maps = F.interpolate(maps, size=tuple(size), mode="bilinear", align_corners=False)
             total = maps if total is None else total + maps
         return total / len(self.maps_by_layer)
+
+    def query_features(self, size: tuple[int, int], which: int = COND, skip_coarsest: bool = True):
+        """Dense image features ``[batch, dim, *size]``: each kept layer's queries of the COND (or
+        UNCOND) rows, unit length per position, resized bilinearly to ``size`` and concatenated,
+        unit length again. With ``skip_coarsest``, layers at the coarsest captured grid are left out
+        when there are finer ones (on the demo model the middle block's 4x4 queries matched an object
+        across images in 0.48 of cases, every finer layer in 0.89-1.0)."""
+        if not self.queries_by_layer:
+            raise RuntimeError("no queries were kept: make the store with keep_queries=True")
+        layers = self.layers
+        coarsest = max(layer.downscale for layer in layers)
+        if skip_coarsest and any(layer.downscale < coarsest for layer in layers):
+            layers = [layer for layer in layers if layer.downscale < coarsest]
+        parts = []
+        for layer in layers:
+            grid = self.queries_by_layer[layer][self.labels_by_layer[layer] == which].float()
+            grid = F.interpolate(
+                F.normalize(grid, dim=1), size=tuple(size), mode="bilinear", align_corners=False
+            )
+            parts.append(F.normalize(grid, dim=1))
+        return F.normalize(torch.cat(parts, 1), dim=1)
 
 
 def max_normalised(maps: torch.Tensor) -> torch.Tensor:

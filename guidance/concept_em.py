@@ -7,9 +7,10 @@ trained) on a masked diffusion loss over random noise levels plus an attention l
 each token's max-normalised cross-attention and its current mask), on a random subset of the
 concepts at each step (Break-A-Scene's union sampling); the E-step re-estimates each concept's
 mask in every image from its token's attention, averaged over several noise levels and
-normalised across the concepts and the background. The first M-step, without masks unless the
-user gave some, is textual inversion on the whole image. Rounds stop when the masks are stable or
-the budget is spent.
+normalised across the concepts and the background. The first masks are the user's, or those of a
+co-segmentation on the denoiser's own features (``concept_discovery.py``: the objects the images
+share); with ``discover`` off and no masks, the first M-step is textual inversion on the whole
+images. Rounds stop when the masks are stable or the budget is spent.
 
 Written against the ``Denoiser`` protocol and a ``ConceptText`` (the backend's text encoder,
 differentiable in the new embeddings), so it runs on ComfyUI MODELs and diffusers UNets alike.
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention_store import AttentionStore, CrossAttentionLayer, max_normalised
+from .concept_discovery import connected_components, discover_concepts
 from .latent_gradient import Denoiser, gradients_enabled
 from .mask_refinement import CRFSettings, attention_probabilities_with_background, dense_crf, otsu_levels
 from .regions import resize_mask
@@ -52,16 +54,21 @@ class ConceptText(Protocol):
 
 @dataclass(frozen=True)
 class ConceptEMSettings:
-    warmup_steps: int = 600  # the first M-step: whole image (textual inversion) or the given masks
+    warmup_steps: int = 600  # the first M-step: on the first masks (or the whole images, without)
     rounds: int = 3  # masked M-steps after it; an E-step follows every M-step
     steps_per_round: int = 150
     vectors: int = 2  # tokens per concept (multi-vector textual inversion); 2 found more than 1 or 4
     learning_rate: float = 1e-2
     attention_weight: float = 1.0  # Break-A-Scene's lambda is 0.01; here 1.0 kept the masks (train sets)
+    outside_weight: float = 0.0  # x (share of a token's attention outside its mask)^2, per concept
     use_masks: bool = True  # False: textual inversion (whole-image loss, no attention loss)
     refine_masks: bool = True  # False: masks from the first attention pass only
+    discover: bool = True  # first masks by co-segmentation on the denoiser's features (no user masks)
+    discovery_noise_level: float = 0.2  # the features are read from the images noised this much
+    discovery_draws: int = 2  # noise draws the features are averaged over
     background_level: float | None = None  # fixed level in [0, 1]; None: each map's Otsu level
-    attention_power: float = 0.5  # flattens the peaked, max-normalised maps before the labelling
+    attention_power: float = 1.0  # < 1 flattens the max-normalised maps before the labelling
+    one_component: bool = True  # keep only each mask's part that holds its attention's peak
     crf: CRFSettings | None = CRFSettings()  # sharpens the masks to the image's edges; None: off
     probe_noise_levels: tuple[float, ...] = (0.3, 0.5, 0.7)  # fractions of the schedule (1 = noise)
     stable_iou: float = 0.95  # stop when every mask overlaps its previous estimate this much
@@ -73,6 +80,7 @@ class ConceptEMResult:
     embeddings: dict[str, torch.Tensor]  # key -> [concepts, dim], detached
     masks: torch.Tensor  # [images, concepts, H, W] in {0, 1} at image resolution
     attention: torch.Tensor  # [images, concepts, H, W] normalised attention of the last E-step
+    first_masks: torch.Tensor | None  # the masks of the first M-step: given or discovered (None: none)
     rounds: int
     stopped: str  # "stable", "rounds" or "budget"
     history: list[dict] = field(default_factory=list)
@@ -96,9 +104,11 @@ def estimate_masks(
     attention: torch.Tensor, images: torch.Tensor, settings: ConceptEMSettings
 ) -> torch.Tensor:
     """E-step: ``[n, k, H, W]`` max-normalised attention -> binary masks. Each pixel goes to the
-    concept whose (flattened) attention is highest above its map's background level, or to the
-    background where none reaches it; with ``settings.crf`` the labels are refined on ``images``
-    ``[n, 3, H, W]``."""
+    concept whose attention is highest above its map's background level, or to the background
+    where none reaches it; with ``settings.crf`` the labels are refined on ``images``
+    ``[n, 3, H, W]``; with ``settings.one_component`` each mask keeps only its connected part that
+    holds the attention's peak (a concept is one object in an image; the rest are other objects
+    its token also attends to a little)."""
     s = settings
     temperature = s.crf.temperature if s.crf is not None else 0.05
     scores = attention.clamp_min(0) ** s.attention_power
@@ -109,7 +119,33 @@ def estimate_masks(
     if s.crf is not None:
         probabilities = dense_crf(probabilities, images.to(probabilities), s.crf)
     winner = probabilities.argmax(1)
-    return torch.stack([(winner == c) for c in range(attention.shape[1])], 1).float()
+    masks = torch.stack([(winner == c) for c in range(attention.shape[1])], 1).float()
+    return peak_components(masks, attention) if s.one_component else masks
+
+
+def peak_components(masks: torch.Tensor, attention: torch.Tensor, work_size: int = 128) -> torch.Tensor:
+    """``masks`` ``[n, k, H, W]`` with only each map's connected part that holds its highest
+    ``attention`` kept (the peak, not the most mass: a large object that the token attends to
+    weakly would outweigh the small one it attends to most). Parts are found on a copy at most
+    ``work_size`` pixels across."""
+    h, w = masks.shape[-2:]
+    scale = min(1.0, work_size / max(h, w))
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    small = F.interpolate(masks.float(), size=size, mode="area") >= 0.5
+    weight = F.interpolate(attention.float().to(masks.device), size=size, mode="area")
+    kept = torch.zeros_like(small)
+    for i in range(masks.shape[0]):
+        for c in range(masks.shape[1]):
+            labels = connected_components(small[i, c])
+            if int(labels.max()) <= 1:
+                kept[i, c] = small[i, c]
+                continue
+            peak = torch.full((int(labels.max()) + 1,), -1.0).scatter_reduce(
+                0, labels.flatten().cpu(), weight[i, c].flatten().cpu(), "amax"
+            )
+            kept[i, c] = labels == int(peak[1:].argmax()) + 1
+    back = F.interpolate(kept.float(), size=(h, w), mode="nearest")
+    return masks * back
 
 
 def concept_maps(maps: torch.Tensor, positions: dict[int, list[int]], concepts) -> torch.Tensor:
@@ -166,6 +202,9 @@ class ConceptEM:
         generator = torch.Generator().manual_seed(int(seed))
         deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         embeddings = self._initial(init_word, count, generator)
+        if masks is None and s.use_masks and s.discover:
+            masks = self.discovered_masks(x0, images, embeddings, count, generator)
+        first_masks = None if masks is None else masks.detach().cpu().clone()
         optimiser = torch.optim.Adam(list(embeddings.values()), lr=s.learning_rate)
         total, done, history, stopped = s.warmup_steps + s.rounds * s.steps_per_round, 0, [], "rounds"
         attention = None
@@ -186,8 +225,7 @@ class ConceptEM:
             estimate = estimate_masks(attention, images, s)
             change = None if masks is None else float(mask_overlap(estimate, masks).min())
             history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": change})
-            first_pass = masks is None
-            if first_pass or s.refine_masks:
+            if round_index == 0 or s.refine_masks:  # the first attention pass always replaces them
                 masks = estimate
             if stopped == "budget":
                 break
@@ -196,8 +234,9 @@ class ConceptEM:
                 break
         return ConceptEMResult(
             {k: v.detach().clone() for k, v in embeddings.items()},
-            estimate,
+            masks,
             attention,
+            first_masks,
             len(history),
             stopped,
             history,
@@ -234,12 +273,34 @@ class ConceptEM:
                 union = target.amax(1, keepdim=True)
                 loss = (error * union).sum() / union.sum().clamp_min(1e-6)
                 maps = store.maps(size=tuple(x0.shape[-2:]))
-                tokens = max_normalised(concept_maps(maps, positions, subset))
+                raw = concept_maps(maps, positions, subset)
+                tokens = max_normalised(raw)
                 loss = loss + s.attention_weight * (tokens - target).pow(2).mean()
+                if s.outside_weight:
+                    inside = (raw * target).flatten(2).sum(-1) / raw.flatten(2).sum(-1).clamp_min(1e-8)
+                    loss = loss + s.outside_weight * (1 - inside).pow(2).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         return float(loss.detach())
+
+    def discovered_masks(self, x0, images, embeddings, count: int, generator) -> torch.Tensor:
+        """First masks ``[n, count, H, W]``: the objects the images share, co-segmented on the
+        denoiser's cross-attention queries (``concept_discovery``), labelled as an E-step labels."""
+        s = self.settings
+        sigma = noise_level_sigma(self.sigmas, s.discovery_noise_level).to(x0.device)
+        size = tuple(x0.shape[-2:])
+        features = 0
+        with gradients_enabled(), torch.no_grad():
+            cond, _ = self.text.encode(concept_words(range(count)), embeddings)
+            for _ in range(s.discovery_draws):
+                noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+                store = AttentionStore(self.layers, keep_queries=True)
+                self.denoiser.denoise(x0 + sigma * noise, sigma.reshape(1), cond, store)
+                features = features + store.query_features(size)
+        maps = discover_concepts(F.normalize(features, dim=1).cpu(), count)
+        maps = F.interpolate(maps, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
+        return estimate_masks(max_normalised(maps.clamp_min(0)), images.cpu(), s).to(x0.device)
 
     def attention(self, x0, embeddings, count: int, image_size, probes: list[torch.Tensor]) -> torch.Tensor:
         """Max-normalised attention ``[n, count, H, W]`` of every concept token on every image,

@@ -92,8 +92,10 @@ class ConceptTokenEM(io.ComfyNode):
             category="spatial_control/concepts",
             description="Learns the visual concepts that a few images share: one embedding per concept "
             "(saved to the embeddings folder, write embedding:<name> in any prompt) and each concept's mask "
-            "in every image, by alternating token optimisation and mask estimation from the tokens' "
-            "cross-attention. Optimises only the new embeddings; the MODEL and CLIP stay as they are.",
+            "in every image. The first masks are the objects the images share (co-segmentation on the "
+            "model's features), then token optimisation and mask estimation from the tokens' "
+            "cross-attention alternate. Optimises only the new embeddings; the MODEL and CLIP stay as "
+            "they are.",
             inputs=[
                 io.Image.Input("images", tooltip="A batch of images that share the concepts (one size)."),
                 io.Model.Input("model", tooltip="The diffusion model (SD1.x, SD2.x or SDXL UNet)."),
@@ -117,8 +119,8 @@ class ConceptTokenEM(io.ComfyNode):
                     "warmup_steps",
                     1,
                     20000,
-                    "Optimiser steps of the first round: textual inversion on the "
-                    "whole images (or on the masks, if connected).",
+                    "Optimiser steps of the first round, on the first masks (connected, or found "
+                    "by co-segmentation).",
                 ),
                 _setting(
                     "rounds",
@@ -168,7 +170,8 @@ class ConceptTokenEM(io.ComfyNode):
                     "masks",
                     optional=True,
                     tooltip="Optional first masks, image by image and concept by concept (image 1 concept 1, "
-                    "image 1 concept 2, ...); else the first round learns from the whole images.",
+                    "image 1 concept 2, ...); else the first masks are the objects the images share, found "
+                    "by co-segmentation on the model's own features.",
                 ),
             ],
             outputs=[

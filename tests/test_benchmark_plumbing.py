@@ -48,23 +48,31 @@ def test_region_guidance_figures_split_by_object_count():
     assert figures["by_objects"]["3"]["hit_rate"] == 2 / 3
 
 
-def test_concept_em_figures_score_true_masks_perfectly_and_distractor_masks_as_leakage():
+def test_concept_em_figures_match_learned_concepts_and_score_distractor_masks_as_leakage():
     import types
 
     import numpy as np
     import torch
 
-    from benchmarks.bench_concept_em import _distractor_masks, _set_figures
+    from benchmarks.bench_concept_em import _distractor_masks, _set_figures, matching
     from benchmarks.shape_world.generator import sample_concepts
 
     concept_set = sample_concepts("eval", 3, k=3, n_concepts=2)
     distractors = _distractor_masks(concept_set)
     truth = torch.tensor(np.array([[m > 0.5 for m in masks] for masks in concept_set.masks])).float()
-    perfect = _set_figures(concept_set, types.SimpleNamespace(masks=truth), distractors)
+    swapped = truth.flip(1)  # learned without names: concept 0 came out second
+    order = matching(concept_set, swapped)
+    assert order == [1, 0]
+    perfect = _set_figures(
+        concept_set, types.SimpleNamespace(masks=swapped, first_masks=truth), distractors, order
+    )
     assert np.allclose(perfect["ious"], 1.0) and np.allclose(perfect["leaks"], 0.0)
+    assert np.allclose(perfect["first_ious"], 1.0)
     absorbed = torch.tensor(np.array([[d, d] for d in distractors])).float()
-    leaky = _set_figures(concept_set, types.SimpleNamespace(masks=absorbed), distractors)
-    assert np.allclose(leaky["ious"], 0.0) and np.allclose(leaky["leaks"], 1.0)
+    leaky = _set_figures(
+        concept_set, types.SimpleNamespace(masks=absorbed, first_masks=None), distractors, [0, 1]
+    )
+    assert np.allclose(leaky["ious"], 0.0) and np.allclose(leaky["leaks"], 1.0) and leaky["first_ious"] == []
 
 
 def test_region_proposer_scores_the_true_edit_as_success_and_summarises_per_kind():

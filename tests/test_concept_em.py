@@ -162,7 +162,15 @@ def test_em_is_deterministic_under_its_seed_and_reports_progress(em_parts):
     assert not torch.equal(first.embeddings["clip_l"], other.embeddings["clip_l"])
     assert first.masks.shape == (2, 2, 64, 64) and first.attention.shape == (2, 2, 64, 64)
     assert calls[0] == (1, 7) and all(total == 7 for _, total in calls)
-    assert first.history[0]["mask_iou"] is None and first.stopped in ("rounds", "stable")
+    assert first.history[0]["mask_iou"] is not None  # compared with the discovered first masks
+    assert first.stopped in ("rounds", "stable")
+
+
+def test_without_discovery_the_first_round_is_textual_inversion(em_parts):
+    _, _, latents, images, _ = em_parts
+    result = _em(em_parts, discover=False).run(latents, images, 2, "object", seed=5)
+    assert result.history[0]["mask_iou"] is None  # no masks before the first E-step
+    assert result.masks.shape == (2, 2, 64, 64)
 
 
 def test_em_moves_the_embeddings_from_the_init_word(em_parts):
@@ -178,7 +186,20 @@ def test_budget_ends_the_run_after_a_last_mask_estimate(em_parts):
     assert result.stopped == "budget" and result.rounds == 1 and result.masks.shape == (2, 2, 64, 64)
 
 
-def test_given_masks_are_kept_without_refinement(em_parts):
+def test_without_refinement_the_first_attention_pass_is_kept(em_parts):
     _, _, latents, images, truth = em_parts
-    result = _em(em_parts, refine_masks=False).run(latents, images, 2, "object", initial_masks=truth)
-    assert all(h["mask_iou"] is not None for h in result.history)  # every round compared to the given masks
+    first_pass = _em(em_parts, rounds=0).run(latents, images, 2, "object", seed=1, initial_masks=truth)
+    kept = _em(em_parts, refine_masks=False).run(latents, images, 2, "object", seed=1, initial_masks=truth)
+    assert all(h["mask_iou"] is not None for h in kept.history)  # every round compared with masks
+    assert kept.rounds == 3 and torch.equal(kept.masks, first_pass.masks)
+
+
+def test_a_mask_keeps_only_its_part_that_holds_the_attention_peak():
+    images, truth, attention = _scene()
+    stray = attention.clone()
+    stray[:, 0, 22:32, :] = 0.8  # concept 0's token also attends, less, to a larger patch elsewhere
+    loose = estimate_masks(stray, images, ConceptEMSettings(one_component=False, crf=None))
+    kept = estimate_masks(stray, images, ConceptEMSettings(crf=None))
+    assert (loose[:, 0, 22:32].sum((1, 2)) > truth[:, 0].sum((1, 2))).all()  # larger than the square
+    assert kept[:, 0, 22:32].sum() == 0
+    assert torch.equal(kept[:, 0, :16], loose[:, 0, :16])  # the square itself is untouched

@@ -226,7 +226,15 @@ def test_concept_sets():
                 assert np.array_equal(mask, scene.masks[scene.pairs.index(c)])
             boxes.append(scene.objects[scene.pairs.index(cs.concepts[0])].box)
         assert len(set(boxes)) > 1
+        shared = set.intersection(*(set(scene.pairs) for scene in cs.scenes))
+        assert shared == set(cs.concepts)  # no distractor is shared like a concept
     assert counts == {1, 2, 3}
+
+
+def test_a_distractor_never_recurs_in_every_scene_of_a_concept_set():
+    for i in range(60):
+        cs = G.sample_concepts("train", 5000 + i, k=3 + i % 2)
+        assert set.intersection(*(set(scene.pairs) for scene in cs.scenes)) == set(cs.concepts)
 
 
 def test_degradations():

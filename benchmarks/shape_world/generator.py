@@ -569,15 +569,21 @@ def sample_concepts(
 ) -> ConceptSet:
     """Concept set ``index`` of ``split``: 1-3 concepts (uniform if not given), each present once in each
     of ``k`` scenes at its own position and size, plus 1 to ``max_objects - n_concepts`` distractors per
-    scene (pairs other than the concepts). Keyword arguments go to :func:`sample_scene`."""
+    scene (pairs other than the concepts). No distractor is in every scene (with ``k`` >= 2): one that
+    were would be shared like a concept. Keyword arguments go to :func:`sample_scene`."""
     rng = split_rng(split, index, "concepts")
     n_c = int(rng.integers(1, 4)) if n_concepts is None else n_concepts
     if not 1 <= n_c < max_objects:
         raise ValueError("need 1 <= n_concepts < max_objects")
     concepts = tuple(PAIRS[i] for i in rng.choice(len(PAIRS), n_c, replace=False))
     scenes, masks = [], []
-    for _ in range(k):
-        scene = sample_scene(rng, n_c + int(rng.integers(1, max_objects - n_c + 1)), pairs=concepts, **kwargs)
+    for s in range(k):
+        shared = set(PAIRS) - set(concepts)
+        for scene in scenes:
+            shared &= set(scene.pairs)
+        exclude = tuple(sorted(shared)) if s == k - 1 and k >= 2 else ()
+        n_objects = n_c + int(rng.integers(1, max_objects - n_c + 1))
+        scene = sample_scene(rng, n_objects, pairs=concepts, exclude=exclude, **kwargs)
         scenes.append(scene)
         masks.append(tuple(scene.masks[scene.pairs.index(c)] for c in concepts))
     return ConceptSet(concepts, tuple(scenes), tuple(masks))

@@ -71,7 +71,8 @@ class RegionCrossAttention:
         if recording:  # the store gets the unmasked maps
             probs = attention_probabilities(q, k, heads)
             latent_hw = tuple(extra_options["original_shape"][-2:])
-            store.record(self.patch_key, probs, heads, latent_hw, chunks=extra_options.get("cond_or_uncond"))
+            chunks = extra_options.get("cond_or_uncond")
+            store.record(self.patch_key, probs, heads, latent_hw, chunks=chunks, queries=q)
         if bias is not None:
             return attend(attention_probabilities(q, k, heads, bias), v, heads).to(q.dtype)
         if self.inner is not None:

@@ -85,7 +85,7 @@ class RecordingCrossAttention:
         q, k, v = attn.to_q(hidden_states), attn.to_k(context), attn.to_v(context)
         probs = attention_probabilities(q, k, attn.heads)
         if attention_store is not None and attention_store.wants(self.patch_key):
-            attention_store.record(self.patch_key, probs, attn.heads, latent_hw)
+            attention_store.record(self.patch_key, probs, attn.heads, latent_hw, queries=q)
         if masking is not None:
             labels = torch.full((q.shape[0],), COND)
             bias = masking.batch_bias(q.shape[1], latent_hw, k.shape[1], labels).to(q.device)
