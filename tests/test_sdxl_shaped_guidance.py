@@ -159,6 +159,30 @@ def test_one_guidance_call_lowers_the_region_energy(comfy, sdxl_model):
     assert (after < before - 0.1).all()  # about 0.5 for this seed; over 0.2 for the seeds tried
 
 
+def test_concept_discovery_reads_the_queries_of_an_sdxl_shaped_unet(sdxl_model):
+    from spatial_control.guidance.attention_store import AttentionStore
+    from spatial_control.guidance.backends.comfy import (
+        cross_attention_layers,
+        install_attention_capture,
+        loaded_denoiser,
+    )
+    from spatial_control.guidance.concept_discovery import discover_concepts
+
+    layers = cross_attention_layers(sdxl_model)
+    patched = install_attention_capture(sdxl_model, layers)
+    sigma = torch.tensor([1.0])
+    x = torch.randn(LATENT_SHAPE, generator=torch.Generator().manual_seed(0))
+    store = AttentionStore(layers, keep_queries=True)
+    with torch.inference_mode(), loaded_denoiser(patched, _conditioning(1), LATENT_SHAPE) as (denoiser, cond):
+        denoiser.denoise(x, sigma, cond, store)
+    features = store.query_features(LATENT_SHAPE[-2:])
+    # the 6 layers at the finer attention level (downscale 2), 64 channels each; the coarsest is left out
+    assert features.shape == (2, 6 * 64, 8, 8)
+    assert torch.allclose(features.norm(dim=1), torch.ones(2, 8, 8), atol=1e-4)
+    maps = discover_concepts(features, count=2)
+    assert maps.shape == (2, 2, 8, 8) and torch.isfinite(maps).all() and maps.min() >= 0
+
+
 class _TokenizerOnlyClip:
     """The part of a ComfyUI CLIP that phrase location reads, with SDXL's tokenizers and no encoder."""
 
