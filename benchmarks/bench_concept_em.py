@@ -21,12 +21,18 @@ mask), ``leakage`` (share of a concept's mask area lying on distractor objects),
 ``seconds_per_set`` and ``peak_ram_gb`` (the process's peak resident memory during the arm's runs);
 ``first_mask_iou``: the same IoU for the masks the first M-step learned from (co-segmentation's), where
 the arm has them.
+
+Each set's figures per arm are kept in ``benchmarks/results/concept_em_sets/``: a run computes only
+the records that are missing or were made with other settings, so it resumes where it stopped, and
+``python -m benchmarks.bench_concept_em --sets A:B`` fills a slice of them (e.g. two one-thread
+processes, ``--sets 0:25`` and ``--sets 25:50``, then ``python -m benchmarks concept_em`` to sum up).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from pathlib import Path
 
@@ -37,6 +43,7 @@ from scipy.optimize import linear_sum_assignment
 from benchmarks.shape_world.generator import sample_concepts
 from benchmarks.shape_world.metrics import mask_iou, object_present
 
+RECORDS = Path(__file__).resolve().parent / "results" / "concept_em_sets"  # one file per set and arm
 SEED_BASE = 900_000
 SEEDS_PER_PROMPT = 4
 ARMS = ("textual_inversion", "first_pass", "em")
@@ -98,7 +105,7 @@ def _set_figures(concept_set, result, distractors, order: list[int]) -> dict:
     first = []
     if result.first_masks is not None:
         first = list(_mean_ious(concept_set, result.first_masks).max(1))  # each concept's best first mask
-    return {"ious": ious, "leaks": leaks, "first_ious": first}
+    return {"ious": ious, "leaks": leaks, "first_ious": [float(v) for v in first]}
 
 
 def _distractor_masks(concept_set) -> list[np.ndarray]:
@@ -112,71 +119,100 @@ def _distractor_masks(concept_set) -> list[np.ndarray]:
     return out
 
 
-def run(quick: bool = False, arms=ARMS) -> dict:
-    from benchmarks.comfy_generation import DemoModelSession
+def record_path(i: int, arm: str) -> Path:
+    return RECORDS / f"set{i:03d}_{arm}.json"
 
-    session = DemoModelSession()
+
+def set_record(session, i: int, arm: str) -> dict:
+    """Learn concept set ``i`` with ``arm`` and score it: its figures as plain lists and numbers."""
     from spatial_control.guidance.backends.comfy_concepts import learn_concepts, save_embedding
 
-    embeddings = session.embeddings_dir
+    concept_set = concept_set_of(i)
+    images = torch.from_numpy(np.stack([s.image for s in concept_set.scenes])).float() / 255
+    with torch.inference_mode():
+        samples = session.vae.encode(images)
+    count = len(concept_set.concepts)
+    _reset_peak_rss()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        result = learn_concepts(
+            session.model, session.clip, samples, images, count, "object", arm_settings(arm), seed=i
+        )
+    record = {"settings": repr(arm_settings(arm)), "seconds": time.perf_counter() - start}
+    record["ram"] = _peak_rss_gb() or 0.0
+    order = matching(concept_set, result.masks)
+    record |= _set_figures(concept_set, result, _distractor_masks(concept_set), order)
+    names = [f"bench_{arm}_{i}_{c}" for c in range(count)]  # name c: the one matched to concept c
+    for c, name in enumerate(names):
+        rows = {k: v[order[c]] for k, v in result.embeddings.items()}
+        save_embedding(session.embeddings_dir / f"{name}.safetensors", rows, overwrite=True)
+    record["fidelity"] = []
+    for c, name in enumerate(names):
+        generated, _ = session.generate([f"a embedding:{name}"] * SEEDS_PER_PROMPT, seed=SEED_BASE + i)
+        record["fidelity"] += [bool(object_present(g, *concept_set.concepts[c])) for g in generated]
+    record["composition"] = []
+    if count >= 2:
+        prompt = f"a embedding:{names[0]} and a embedding:{names[1]}"
+        generated, _ = session.generate([prompt] * SEEDS_PER_PROMPT, seed=SEED_BASE + i)
+        record["composition"] = [
+            bool(all(object_present(g, *pair) for pair in concept_set.concepts[:2])) for g in generated
+        ]
+    return record
+
+
+def concept_set_of(i: int):
+    return sample_concepts("eval", SEED_BASE + i, k=3 + i % 2)
+
+
+def fill_records(indices, arms=ARMS, session=None) -> None:
+    """Compute and write the records of sets ``indices`` that are missing or were made with other
+    settings (arms take turns on each set, so drifts in the machine's speed hit all alike)."""
+    if session is None:
+        from benchmarks.comfy_generation import DemoModelSession
+
+        session = DemoModelSession()
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    for i in indices:
+        for arm in arms:
+            path = record_path(i, arm)
+            if path.exists() and json.loads(path.read_text())["settings"] == repr(arm_settings(arm)):
+                continue
+            record = set_record(session, i, arm)
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(record) + "\n")
+            temporary.replace(path)
+
+
+def run(quick: bool = False, arms=ARMS) -> dict:
     n = 6 if quick else 50
-    sets = [sample_concepts("eval", SEED_BASE + i, k=3 + i % 2) for i in range(n)]
-    records = {
-        arm: {
-            "ious": [],
-            "leaks": [],
-            "first_ious": [],
-            "fidelity": [],
-            "composition": [],
-            "seconds": 0.0,
-            "ram": 0.0,
-        }
-        for arm in arms
+    fill_records(range(n), arms)
+    figures: dict = {
+        "sets": n,
+        "concepts": sum(len(concept_set_of(i).concepts) for i in range(n)),
+        "arms": {},
     }
-    for i, concept_set in enumerate(sets):
-        images = torch.from_numpy(np.stack([s.image for s in concept_set.scenes])).float() / 255
-        with torch.inference_mode():
-            samples = session.vae.encode(images)
-        distractors = _distractor_masks(concept_set)
-        count = len(concept_set.concepts)
-        for arm in arms:  # arms take turns on each set, so drifts in the machine's speed hit all alike
-            _reset_peak_rss()
-            start = time.perf_counter()
-            with torch.inference_mode():
-                result = learn_concepts(
-                    session.model, session.clip, samples, images, count, "object", arm_settings(arm), seed=i
-                )
-            record = records[arm]
-            record["seconds"] += time.perf_counter() - start
-            record["ram"] = max(record["ram"], _peak_rss_gb() or 0.0)
-            order = matching(concept_set, result.masks)
-            figures = _set_figures(concept_set, result, distractors, order)
-            for key in ("ious", "leaks", "first_ious"):
-                record[key] += figures[key]
-            names = [f"bench_{arm}_{i}_{c}" for c in range(count)]  # name c: the one matched to concept c
-            for c, name in enumerate(names):
-                rows = {k: v[order[c]] for k, v in result.embeddings.items()}
-                save_embedding(embeddings / f"{name}.safetensors", rows, overwrite=True)
-            for c, name in enumerate(names):
-                generated, _ = session.generate(
-                    [f"a embedding:{name}"] * SEEDS_PER_PROMPT, seed=SEED_BASE + i
-                )
-                record["fidelity"] += [object_present(g, *concept_set.concepts[c]) for g in generated]
-            if count >= 2:
-                prompt = f"a embedding:{names[0]} and a embedding:{names[1]}"
-                generated, _ = session.generate([prompt] * SEEDS_PER_PROMPT, seed=SEED_BASE + i)
-                record["composition"] += [
-                    all(object_present(g, *pair) for pair in concept_set.concepts[:2]) for g in generated
-                ]
-    figures: dict = {"sets": n, "concepts": sum(len(s.concepts) for s in sets), "arms": {}}
-    for arm, record in records.items():
+    for arm in arms:
+        records = [json.loads(record_path(i, arm).read_text()) for i in range(n)]
+        joined = {key: [v for r in records for v in r[key]] for key in ("ious", "leaks", "first_ious")}
+        joined |= {key: [v for r in records for v in r[key]] for key in ("fidelity", "composition")}
         figures["arms"][arm] = {
-            "mask_iou": float(np.mean(record["ious"])),
-            "leakage": float(np.mean(record["leaks"])),
-            "first_mask_iou": float(np.mean(record["first_ious"])) if record["first_ious"] else None,
-            "fidelity": float(np.mean(record["fidelity"])),
-            "composition": float(np.mean(record["composition"])) if record["composition"] else None,
-            "seconds_per_set": record["seconds"] / n,
-            "peak_ram_gb": record["ram"],
+            "mask_iou": float(np.mean(joined["ious"])),
+            "leakage": float(np.mean(joined["leaks"])),
+            "first_mask_iou": float(np.mean(joined["first_ious"])) if joined["first_ious"] else None,
+            "fidelity": float(np.mean(joined["fidelity"])),
+            "composition": float(np.mean(joined["composition"])) if joined["composition"] else None,
+            "seconds_per_set": float(np.mean([r["seconds"] for r in records])),
+            "peak_ram_gb": max(r["ram"] for r in records),
         }
     return figures
+
+
+if __name__ == "__main__":  # fill some sets' records, e.g. in two processes: --sets 0:25 and --sets 25:50
+    import argparse
+    import os
+
+    parser = argparse.ArgumentParser(description="fill concept_em records of sets A:B")
+    parser.add_argument("--sets", required=True, help="A:B")
+    first, stop = (int(v) for v in parser.parse_args().sets.split(":"))
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    fill_records(range(first, stop))

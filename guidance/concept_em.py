@@ -269,7 +269,7 @@ class ConceptEM:
             if masks is None:
                 loss = error.mean()
             else:
-                target = resize_mask(masks[:, subset], tuple(x0.shape[-2:]))
+                target = resize_mask(masks[:, subset].to(x0.device), tuple(x0.shape[-2:]))
                 union = target.amax(1, keepdim=True)
                 loss = (error * union).sum() / union.sum().clamp_min(1e-6)
                 maps = store.maps(size=tuple(x0.shape[-2:]))

@@ -147,3 +147,28 @@ def test_spatext_tasks_paint_maps_that_parse_back_into_their_masks_and_score_the
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(300, 4)), rng.normal(size=(300, 4))
     assert frechet_distance(a, b) < 0.3 < frechet_distance(a, b + 1.0)
+
+
+def test_concept_em_records_resume_and_are_redone_when_the_settings_change(monkeypatch, tmp_path):
+    import dataclasses
+
+    import benchmarks.bench_concept_em as bench
+
+    calls = []
+    monkeypatch.setattr(bench, "RECORDS", tmp_path)
+    monkeypatch.setattr(
+        bench,
+        "set_record",
+        lambda session, i, arm: calls.append((i, arm)) or {"settings": repr(bench.arm_settings(arm))},
+    )
+    bench.fill_records(range(2), ("em", "first_pass"), session=object())
+    assert calls == [(0, "em"), (0, "first_pass"), (1, "em"), (1, "first_pass")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "set000_em.json", "set000_first_pass.json", "set001_em.json", "set001_first_pass.json",
+    ]  # fmt: skip
+    bench.fill_records(range(3), ("em",), session=object())  # resumes: only the missing set
+    assert calls[4:] == [(2, "em")]
+    changed = dataclasses.replace(bench.arm_settings("em"), rounds=1)
+    monkeypatch.setattr(bench, "arm_settings", lambda arm: changed)
+    bench.fill_records(range(1), ("em",), session=object())  # made with other settings: redone
+    assert calls[5:] == [(0, "em")]
