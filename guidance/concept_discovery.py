@@ -171,3 +171,66 @@ def discover_concepts(features: torch.Tensor, count: int, min_similarity: float 
             if member is not None:
                 maps[image, c] = proposals[image][0][member] * saliency[image]
     return maps
+
+
+def on_objects(
+    attention: torch.Tensor,
+    proposals: list[tuple[torch.Tensor, torch.Tensor]],
+    previous: torch.Tensor | None = None,
+    appearance_temperature: float = 0.05,
+) -> torch.Tensor:
+    """``attention`` ``[n, k, H, W]`` with each concept's map kept only on one object proposal of its
+    image (``object_proposals``, resized to ``H x W``), each proposal to one concept at most (greedy,
+    best pair first). A pair's score is the map's highest value on the proposal times, given the
+    ``previous`` masks ``[n, k, H, W]``, how much the proposal looks like the concept in the other
+    images: a softmax over the image's proposals of their cosine (at ``appearance_temperature``) to
+    the concept's mean descriptor there (that of the proposals its previous masks lie on). A token
+    that attends to two crosses alike is told apart by which of them looks like its concept
+    elsewhere. A concept left without a proposal keeps its whole map."""
+    n, k = attention.shape[:2]
+    regions = [
+        F.interpolate(masks[None].float(), size=attention.shape[-2:], mode="bilinear", align_corners=False)[
+            0
+        ].to(attention)
+        for masks, _ in proposals
+    ]
+    appearance = _appearance(regions, proposals, previous) if previous is not None else None
+    out = attention.clone()
+    for image, (masks, descriptors) in enumerate(proposals):
+        if len(masks) == 0:
+            continue
+        inside = regions[image] >= 0.5
+        score = (attention[image][:, None] * inside[None]).flatten(2).amax(-1)  # [k, m]
+        if appearance is not None:
+            others = [appearance[t] for t in range(n) if t != image]
+            centre = (
+                F.normalize(torch.stack(others).sum(0), dim=-1)
+                if others
+                else torch.zeros(k, descriptors.shape[1])
+            )
+            likeness = (centre.to(descriptors) @ descriptors.T / appearance_temperature).softmax(-1)
+            score = score * likeness.to(score)
+        free_concepts, free_objects = set(range(k)), set(range(len(masks)))
+        for flat in score.flatten().argsort(descending=True).tolist():
+            concept, obj = divmod(flat, len(masks))
+            if concept in free_concepts and obj in free_objects:
+                out[image, concept] = attention[image, concept] * regions[image][obj]
+                free_concepts.discard(concept)
+                free_objects.discard(obj)
+    return out
+
+
+def _appearance(regions, proposals, previous: torch.Tensor) -> list[torch.Tensor]:
+    """Per image, ``[k, dim]``: the descriptor of the proposal each concept's previous mask overlaps
+    most (zero where it overlaps none)."""
+    out = []
+    for image, (masks, descriptors) in enumerate(proposals):
+        k = previous.shape[1]
+        rows = torch.zeros(k, descriptors.shape[1] if len(descriptors) else 1)
+        if len(masks):
+            overlap = torch.einsum("khw,mhw->km", previous[image].float().to(regions[image]), regions[image])
+            for concept in range(k):
+                if float(overlap[concept].max()) > 0:
+                    rows[concept] = descriptors[int(overlap[concept].argmax())].cpu()
+        out.append(rows)
+    return out

@@ -27,7 +27,13 @@ import torch
 import torch.nn.functional as F
 
 from .attention_store import AttentionStore, CrossAttentionLayer, max_normalised
-from .concept_discovery import connected_components, discover_concepts
+from .concept_discovery import (
+    connected_components,
+    contrast_saliency,
+    discover_concepts,
+    object_proposals,
+    on_objects,
+)
 from .latent_gradient import Denoiser, gradients_enabled
 from .mask_refinement import CRFSettings, attention_probabilities_with_background, dense_crf, otsu_levels
 from .regions import resize_mask
@@ -60,7 +66,6 @@ class ConceptEMSettings:
     vectors: int = 2  # tokens per concept (multi-vector textual inversion); 2 found more than 1 or 4
     learning_rate: float = 1e-2
     attention_weight: float = 1.0  # Break-A-Scene's lambda is 0.01; here 1.0 kept the masks (train sets)
-    outside_weight: float = 0.0  # x (share of a token's attention outside its mask)^2, per concept
     use_masks: bool = True  # False: textual inversion (whole-image loss, no attention loss)
     refine_masks: bool = True  # False: masks from the first attention pass only
     discover: bool = True  # first masks by co-segmentation on the denoiser's features (no user masks)
@@ -69,6 +74,8 @@ class ConceptEMSettings:
     background_level: float | None = None  # fixed level in [0, 1]; None: each map's Otsu level
     attention_power: float = 1.0  # < 1 flattens the max-normalised maps before the labelling
     one_component: bool = True  # keep only each mask's part that holds its attention's peak
+    on_objects: bool = True  # E-step: each concept's attention kept on one of the image's objects
+    appearance_temperature: float = 0.05  # ... chosen by attention x likeness to the concept elsewhere
     crf: CRFSettings | None = CRFSettings()  # sharpens the masks to the image's edges; None: off
     probe_noise_levels: tuple[float, ...] = (0.3, 0.5, 0.7)  # fractions of the schedule (1 = noise)
     stable_iou: float = 0.95  # stop when every mask overlaps its previous estimate this much
@@ -101,15 +108,19 @@ def noise_level_sigma(sigmas: torch.Tensor, level: float) -> torch.Tensor:
 
 
 def estimate_masks(
-    attention: torch.Tensor, images: torch.Tensor, settings: ConceptEMSettings
+    attention: torch.Tensor, images: torch.Tensor, settings: ConceptEMSettings, objects=None, previous=None
 ) -> torch.Tensor:
     """E-step: ``[n, k, H, W]`` max-normalised attention -> binary masks. Each pixel goes to the
     concept whose attention is highest above its map's background level, or to the background
     where none reaches it; with ``settings.crf`` the labels are refined on ``images``
     ``[n, 3, H, W]``; with ``settings.one_component`` each mask keeps only its connected part that
     holds the attention's peak (a concept is one object in an image; the rest are other objects
-    its token also attends to a little)."""
+    its token also attends to a little). Given ``objects`` (``object_proposals`` of each image),
+    each concept's attention is first kept on one object: the one that holds its peak and, given
+    the ``previous`` masks, looks like the concept in the other images (``on_objects``)."""
     s = settings
+    if objects is not None:
+        attention = on_objects(attention, objects, previous, s.appearance_temperature)
     temperature = s.crf.temperature if s.crf is not None else 0.05
     scores = attention.clamp_min(0) ** s.attention_power
     level = s.background_level
@@ -202,8 +213,19 @@ class ConceptEM:
         generator = torch.Generator().manual_seed(int(seed))
         deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         embeddings = self._initial(init_word, count, generator)
-        if masks is None and s.use_masks and s.discover:
-            masks = self.discovered_masks(x0, images, embeddings, count, generator)
+        objects = None
+        if s.use_masks and ((masks is None and s.discover) or s.on_objects):
+            features = self.dense_features(x0, embeddings, count, generator)
+            if masks is None and s.discover:
+                maps = F.interpolate(
+                    discover_concepts(features, count),
+                    size=tuple(images.shape[-2:]),
+                    mode="bilinear",
+                    align_corners=False,
+                )
+                masks = estimate_masks(max_normalised(maps.clamp_min(0)), images.cpu(), s).to(x0.device)
+            if s.on_objects:
+                objects = object_proposals(features, contrast_saliency(features))
         first_masks = None if masks is None else masks.detach().cpu().clone()
         optimiser = torch.optim.Adam(list(embeddings.values()), lr=s.learning_rate)
         total, done, history, stopped = s.warmup_steps + s.rounds * s.steps_per_round, 0, [], "rounds"
@@ -222,7 +244,7 @@ class ConceptEM:
                     break
             probes = [torch.randn(x0.shape, generator=generator).to(x0.device) for _ in s.probe_noise_levels]
             attention = self.attention(x0, embeddings, count, images.shape[-2:], probes)
-            estimate = estimate_masks(attention, images, s)
+            estimate = estimate_masks(attention, images, s, objects, masks)
             change = None if masks is None else float(mask_overlap(estimate, masks).min())
             history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": change})
             if round_index == 0 or s.refine_masks:  # the first attention pass always replaces them
@@ -273,23 +295,19 @@ class ConceptEM:
                 union = target.amax(1, keepdim=True)
                 loss = (error * union).sum() / union.sum().clamp_min(1e-6)
                 maps = store.maps(size=tuple(x0.shape[-2:]))
-                raw = concept_maps(maps, positions, subset)
-                tokens = max_normalised(raw)
+                tokens = max_normalised(concept_maps(maps, positions, subset))
                 loss = loss + s.attention_weight * (tokens - target).pow(2).mean()
-                if s.outside_weight:
-                    inside = (raw * target).flatten(2).sum(-1) / raw.flatten(2).sum(-1).clamp_min(1e-8)
-                    loss = loss + s.outside_weight * (1 - inside).pow(2).mean()
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
         return float(loss.detach())
 
-    def discovered_masks(self, x0, images, embeddings, count: int, generator) -> torch.Tensor:
-        """First masks ``[n, count, H, W]``: the objects the images share, co-segmented on the
-        denoiser's cross-attention queries (``concept_discovery``), labelled as an E-step labels."""
+    def dense_features(self, x0, embeddings, count: int, generator) -> torch.Tensor:
+        """Unit features ``[n, dim, h, w]`` of the images, as the denoiser sees them: its
+        cross-attention queries on the images noised to ``discovery_noise_level`` (averaged over
+        ``discovery_draws`` noises), for co-segmentation (``concept_discovery``)."""
         s = self.settings
         sigma = noise_level_sigma(self.sigmas, s.discovery_noise_level).to(x0.device)
-        size = tuple(x0.shape[-2:])
         features = 0
         with gradients_enabled(), torch.no_grad():
             cond, _ = self.text.encode(concept_words(range(count)), embeddings)
@@ -297,10 +315,8 @@ class ConceptEM:
                 noise = torch.randn(x0.shape, generator=generator).to(x0.device)
                 store = AttentionStore(self.layers, keep_queries=True)
                 self.denoiser.denoise(x0 + sigma * noise, sigma.reshape(1), cond, store)
-                features = features + store.query_features(size)
-        maps = discover_concepts(F.normalize(features, dim=1).cpu(), count)
-        maps = F.interpolate(maps, size=tuple(images.shape[-2:]), mode="bilinear", align_corners=False)
-        return estimate_masks(max_normalised(maps.clamp_min(0)), images.cpu(), s).to(x0.device)
+                features = features + store.query_features(tuple(x0.shape[-2:]))
+        return F.normalize(features, dim=1).cpu()
 
     def attention(self, x0, embeddings, count: int, image_size, probes: list[torch.Tensor]) -> torch.Tensor:
         """Max-normalised attention ``[n, count, H, W]`` of every concept token on every image,

@@ -13,6 +13,7 @@ from spatial_control.guidance.concept_discovery import (
     contrast_saliency,
     discover_concepts,
     object_proposals,
+    on_objects,
     shared_groups,
 )
 
@@ -113,6 +114,41 @@ def test_a_single_image_takes_its_most_salient_parts():
     features, truth = _images([[(1, 1, 1, 2), (2, 6, 5, 5)]])
     maps = discover_concepts(features, count=1)
     assert torch.equal(maps[0, 0] > 0, truth[2][0] > 0)  # the larger object holds more saliency
+
+
+def test_each_concept_keeps_its_attention_on_one_object_of_its_own():
+    left, right = torch.zeros(4, 4), torch.zeros(4, 4)
+    left[:, :2], right[:, 2:] = 1, 1
+    proposals = [(torch.stack([left, right]), torch.zeros(2, DIM))]
+    attention = torch.zeros(1, 3, 8, 8)
+    attention[0, 0, :, 4:] = 1.0  # concept 0: the right object
+    attention[0, 0, :, :4] = 0.6  # ... and a little the left one
+    attention[0, 1, :, :4] = 0.9  # concept 1: the left object
+    attention[0, 1, :, 4:] = 0.95  # ... though its peak is on the right one, which concept 0 holds more
+    attention[0, 2] = 0.5  # concept 2: no object is left for it
+    kept = on_objects(attention, proposals)  # regions resized bilinearly: soft at their edge (columns 3, 4)
+    assert kept[0, 0, :, :3].sum() == 0 and torch.equal(kept[0, 0, :, 5:], attention[0, 0, :, 5:])
+    assert kept[0, 1, :, 5:].sum() == 0 and torch.equal(kept[0, 1, :, :3], attention[0, 1, :, :3])
+    assert torch.equal(kept[0, 2], attention[0, 2])  # kept whole
+
+
+def test_a_token_that_attends_two_objects_alike_takes_the_one_like_its_concept_elsewhere():
+    left, right = torch.zeros(4, 4), torch.zeros(4, 4)
+    left[:, :2], right[:, 2:] = 1, 1
+    purple, blue = _unit(1), _unit(2)
+    proposals = [
+        (torch.stack([left, right]), torch.stack([purple, blue])),  # the concept is the left object here
+        (torch.stack([left, right]), torch.stack([blue, purple])),  # and the right one here
+    ]
+    attention = torch.zeros(2, 1, 8, 8)
+    attention[:, 0, :, :4], attention[:, 0, :, 4:] = 0.95, 1.0  # alike, the peak on the right in both
+    previous = torch.zeros(2, 1, 8, 8)
+    previous[0, 0, :, :4], previous[1, 0, :, 4:] = 1, 1  # where the concept was: the purple objects
+    by_attention = on_objects(attention, proposals)
+    assert by_attention[:, 0, :, :3].sum() == 0  # both on the right
+    by_appearance = on_objects(attention, proposals, previous)
+    assert by_appearance[0, 0, :, 5:].sum() == 0 and by_appearance[0, 0, :, :3].sum() > 0  # image 0: left
+    assert by_appearance[1, 0, :, :3].sum() == 0 and by_appearance[1, 0, :, 5:].sum() > 0  # image 1: right
 
 
 def test_store_keeps_queries_as_unit_features_of_the_finer_layers():
