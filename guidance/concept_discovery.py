@@ -188,12 +188,7 @@ def on_objects(
     that attends to two crosses alike is told apart by which of them looks like its concept
     elsewhere. A concept left without a proposal keeps its whole map."""
     n, k = attention.shape[:2]
-    regions = [
-        F.interpolate(masks[None].float(), size=attention.shape[-2:], mode="bilinear", align_corners=False)[
-            0
-        ].to(attention)
-        for masks, _ in proposals
-    ]
+    regions = [_resized(masks, attention) for masks, _ in proposals]
     appearance = _appearance(regions, proposals, previous) if previous is not None else None
     out = attention.clone()
     for image, (masks, descriptors) in enumerate(proposals):
@@ -220,13 +215,21 @@ def on_objects(
     return out
 
 
+def _resized(masks: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Proposal masks ``[m, h, w]`` resized bilinearly to ``like``'s ``H x W`` (``m`` may be 0)."""
+    if len(masks) == 0:
+        return like.new_zeros(0, *like.shape[-2:])
+    size = like.shape[-2:]
+    return F.interpolate(masks[None].float(), size=size, mode="bilinear", align_corners=False)[0].to(like)
+
+
 def _appearance(regions, proposals, previous: torch.Tensor) -> list[torch.Tensor]:
     """Per image, ``[k, dim]``: the descriptor of the proposal each concept's previous mask overlaps
     most (zero where it overlaps none)."""
     out = []
     for image, (masks, descriptors) in enumerate(proposals):
         k = previous.shape[1]
-        rows = torch.zeros(k, descriptors.shape[1] if len(descriptors) else 1)
+        rows = torch.zeros(k, descriptors.shape[1])  # [0, dim] where the image has no proposal
         if len(masks):
             overlap = torch.einsum("khw,mhw->km", previous[image].float().to(regions[image]), regions[image])
             for concept in range(k):

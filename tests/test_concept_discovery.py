@@ -168,3 +168,18 @@ def test_store_keeps_queries_as_unit_features_of_the_finer_layers():
         store.record(("output", 4, 0), torch.rand(heads, 16, tokens).softmax(-1), heads, (4, 4))
     with pytest.raises(RuntimeError, match="keep_queries"):
         AttentionStore().query_features((4, 4))
+
+
+def test_an_image_without_objects_keeps_its_maps_and_does_not_disturb_the_others():
+    left, right = torch.zeros(4, 4), torch.zeros(4, 4)
+    left[:, :2], right[:, 2:] = 1, 1
+    empty = (torch.zeros(0, 4, 4), torch.zeros(0, DIM))  # as object_proposals gives for a blank image
+    proposals = [(torch.stack([left, right]), torch.stack([_unit(1), _unit(2)])), empty]
+    attention = torch.zeros(2, 1, 8, 8)
+    attention[:, 0, :, :4], attention[:, 0, :, 4:] = 0.9, 1.0
+    previous = torch.zeros(2, 1, 8, 8)
+    previous[0, 0, :, :4] = 1
+    kept = on_objects(attention, proposals, previous)
+    assert torch.equal(kept[1], attention[1])
+    # the concept is nowhere else to be seen: the attention's peak (right) decides
+    assert kept[0, 0, :, :3].sum() == 0 and kept[0, 0, :, 5:].sum() > 0
