@@ -193,8 +193,8 @@ def run(quick: bool = False, arms=ARMS) -> dict:
     }
     for arm in arms:
         records = [json.loads(record_path(i, arm).read_text()) for i in range(n)]
-        joined = {key: [v for r in records for v in r[key]] for key in ("ious", "leaks", "first_ious")}
-        joined |= {key: [v for r in records for v in r[key]] for key in ("fidelity", "composition")}
+        keys = ("ious", "leaks", "first_ious", "fidelity", "composition")
+        joined = {key: [v for r in records for v in r[key]] for key in keys}
         figures["arms"][arm] = {
             "mask_iou": float(np.mean(joined["ious"])),
             "leakage": float(np.mean(joined["leaks"])),

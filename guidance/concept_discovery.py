@@ -153,12 +153,22 @@ def _drop_outliers(descriptors, members: list[int | None], min_similarity: float
 
 def discover_concepts(features: torch.Tensor, count: int, min_similarity: float = 0.5) -> torch.Tensor:
     """Soft maps ``[n, count, h, w]`` of the ``count`` objects that unit ``features [n, dim, h, w]``
-    of ``n`` images share best: each group's proposal weighted by saliency, zero in an image the
-    group has no member in. With one image, the ``count`` most salient proposals."""
+    of ``n`` images share best (``shared_maps`` of their saliency and object proposals)."""
     saliency = contrast_saliency(features)
-    proposals = object_proposals(features, saliency)
-    n, (h, w) = features.shape[0], features.shape[-2:]
-    maps = features.new_zeros(n, count, h, w)
+    return shared_maps(object_proposals(features, saliency), saliency, count, min_similarity)
+
+
+def shared_maps(
+    proposals: list[tuple[torch.Tensor, torch.Tensor]],
+    saliency: torch.Tensor,
+    count: int,
+    min_similarity: float = 0.5,
+) -> torch.Tensor:
+    """Soft maps ``[n, count, h, w]``: each of the ``count`` best agreeing groups of ``proposals``
+    (``shared_groups``), its proposal weighted by ``saliency [n, h, w]``, zero in an image the group
+    has no member in. With one image, the ``count`` most salient proposals."""
+    n, (h, w) = saliency.shape[0], saliency.shape[-2:]
+    maps = saliency.new_zeros(n, count, h, w)
     if n == 1:
         masks, _ = proposals[0]
         mass = (masks * saliency[0]).sum((1, 2))
@@ -226,9 +236,8 @@ def _resized(masks: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def _appearance(regions, proposals, previous: torch.Tensor) -> list[torch.Tensor]:
     """Per image, ``[k, dim]``: the descriptor of the proposal each concept's previous mask overlaps
     most (zero where it overlaps none)."""
-    out = []
+    k, out = previous.shape[1], []
     for image, (masks, descriptors) in enumerate(proposals):
-        k = previous.shape[1]
         rows = torch.zeros(k, descriptors.shape[1])  # [0, dim] where the image has no proposal
         if len(masks):
             overlap = torch.einsum("khw,mhw->km", previous[image].float().to(regions[image]), regions[image])

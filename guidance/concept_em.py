@@ -30,9 +30,9 @@ from .attention_store import AttentionStore, CrossAttentionLayer, max_normalised
 from .concept_discovery import (
     connected_components,
     contrast_saliency,
-    discover_concepts,
     object_proposals,
     on_objects,
+    shared_maps,
 )
 from .latent_gradient import Denoiser, gradients_enabled
 from .mask_refinement import CRFSettings, attention_probabilities_with_background, dense_crf, otsu_levels
@@ -213,19 +213,21 @@ class ConceptEM:
         generator = torch.Generator().manual_seed(int(seed))
         deadline = None if budget_seconds is None else time.monotonic() + budget_seconds
         embeddings = self._initial(init_word, count, generator)
-        objects = None
-        if s.use_masks and ((masks is None and s.discover) or s.on_objects):
+        objects, discover = None, masks is None and s.discover
+        if s.use_masks and (discover or s.on_objects):
             features = self.dense_features(x0, embeddings, count, generator)
-            if masks is None and s.discover:
+            saliency = contrast_saliency(features)
+            proposals = object_proposals(features, saliency)
+            if discover:
                 maps = F.interpolate(
-                    discover_concepts(features, count),
+                    shared_maps(proposals, saliency, count),
                     size=tuple(images.shape[-2:]),
                     mode="bilinear",
                     align_corners=False,
                 )
                 masks = estimate_masks(max_normalised(maps.clamp_min(0)), images.cpu(), s).to(x0.device)
             if s.on_objects:
-                objects = object_proposals(features, contrast_saliency(features))
+                objects = proposals
         first_masks = None if masks is None else masks.detach().cpu().clone()
         optimiser = torch.optim.Adam(list(embeddings.values()), lr=s.learning_rate)
         total, done, history, stopped = s.warmup_steps + s.rounds * s.steps_per_round, 0, [], "rounds"

@@ -578,10 +578,9 @@ def sample_concepts(
     concepts = tuple(PAIRS[i] for i in rng.choice(len(PAIRS), n_c, replace=False))
     scenes, masks = [], []
     for s in range(k):
-        shared = set(PAIRS) - set(concepts)
-        for scene in scenes:
-            shared &= set(scene.pairs)
-        exclude = tuple(sorted(shared)) if s == k - 1 and k >= 2 else ()
+        exclude = ()
+        if s == k - 1 and k >= 2:  # the distractors every scene so far has
+            exclude = tuple(sorted(set.intersection(*(set(scene.pairs) for scene in scenes)) - set(concepts)))
         n_objects = n_c + int(rng.integers(1, max_objects - n_c + 1))
         scene = sample_scene(rng, n_objects, pairs=concepts, exclude=exclude, **kwargs)
         scenes.append(scene)
