@@ -23,13 +23,16 @@ so times compare):
 
 Per set and arm, overall and per object count (2, 3, 4): ``hit_rate`` (share of objects whose
 detection has IoU >= 0.5 with its box), ``mean_iou``, ``size_error`` (mean ``|log(object extent /
-box extent)|`` over the objects found, ``metrics.placement_size_error``), ``fidelity``
+box extent)|`` over the objects found, ``metrics.placement_size_error``), ``size_slope`` (the
+least-squares slope of log object extent on log box extent over the objects found: 1 when the
+objects' size follows their boxes', 0 when the model draws one size whatever the box), ``fidelity``
 (whole-image success: every requested colour+shape present once) and ``time_ratio`` (seconds per
 image / the unguided arm's, measured in the same run, the arms taking turns on each task).
 """
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -37,7 +40,13 @@ import torch
 
 from benchmarks.shape_world.captions import PROMPT_FORMS, write_caption
 from benchmarks.shape_world.generator import sample_layout
-from benchmarks.shape_world.metrics import hit_rate, placement_iou, placement_size_error, whole_image_success
+from benchmarks.shape_world.metrics import (
+    box_extent,
+    hit_rate,
+    placement_iou,
+    placement_size_ratio,
+    whole_image_success,
+)
 
 SEED_BASE = 700_000
 CANVAS = 128
@@ -111,27 +120,42 @@ def arm_image(session, arm: str, caption: str, regions, seed: int) -> np.ndarray
     return session.generate([caption], seed, model=model, positive=positive)[0][0]
 
 
+def _size_figures(records: list[dict]) -> dict:
+    """``size_error`` and ``size_slope`` over the objects found; ``records``: per task, its objects'
+    ``sizes`` (log object extent / box extent, None when not found) and ``box_extents``."""
+    pairs = [
+        (math.log(extent), size)
+        for r in records
+        for size, extent in zip(r["sizes"], r["box_extents"], strict=True)
+        if size is not None
+    ]
+    if not pairs:
+        return {"size_error": None, "size_slope": None}
+    boxes, sizes = np.array(pairs).T
+    slope = None
+    if len(pairs) >= 3 and np.ptp(boxes) > 0:
+        slope = float(np.polyfit(boxes, boxes + sizes, 1)[0])
+    return {"size_error": float(np.mean(np.abs(sizes))), "size_slope": slope}
+
+
 def _figures(records: list[dict], seconds: float) -> dict:
-    """Figures of one arm on one prompt set; ``records``: per task, its objects' IoUs and size
-    errors and its whole-image success."""
+    """Figures of one arm on one prompt set; ``records``: per task, its objects' IoUs, size ratios
+    and box extents (``_size_figures``) and its whole-image success."""
     ious = [v for r in records for v in r["ious"]]
-    sizes = [v for r in records for v in r["sizes"] if v is not None]
     figures = {
         "hit_rate": hit_rate(ious),
         "mean_iou": float(np.mean(ious)),
-        "size_error": float(np.mean(sizes)) if sizes else None,
+        **_size_figures(records),
         "fidelity": float(np.mean([r["success"] for r in records])),
         "seconds_per_image": seconds / len(records),
         "by_objects": {},
     }
     for k in sorted({len(r["ious"]) for r in records}):
         subset = [r for r in records if len(r["ious"]) == k]
-        k_ious = [v for r in subset for v in r["ious"]]
-        k_sizes = [v for r in subset for v in r["sizes"] if v is not None]
         figures["by_objects"][str(k)] = {
             "tasks": len(subset),
-            "hit_rate": hit_rate(k_ious),
-            "size_error": float(np.mean(k_sizes)) if k_sizes else None,
+            "hit_rate": hit_rate([v for r in subset for v in r["ious"]]),
+            **_size_figures(subset),
             "fidelity": float(np.mean([r["success"] for r in subset])),
         }
     return figures
@@ -158,7 +182,8 @@ def run(quick: bool = False, arms=ARMS, prompt_sets=PROMPT_SETS, device: str = "
                 seconds[arm] += time.perf_counter() - start
                 records[arm].append({
                     "ious": [placement_iou(image, t) for t in task.targets],
-                    "sizes": [placement_size_error(image, t) for t in task.targets],
+                    "sizes": [placement_size_ratio(image, t) for t in task.targets],
+                    "box_extents": [box_extent(t.box) for t in task.targets],
                     "success": whole_image_success(image, task.targets),
                 })  # fmt: skip
         by_arm = {arm: _figures(records[arm], seconds[arm]) for arm in arms}

@@ -38,14 +38,29 @@ def test_region_guidance_figures_split_by_object_count():
     from benchmarks.bench_region_guidance import _figures
 
     records = [
-        {"ious": [0.9, 0.1], "sizes": [0.1, None], "success": True},
-        {"ious": [0.6, 0.7, 0.2], "sizes": [0.2, 0.3, 0.4], "success": False},
+        {"ious": [0.9, 0.1], "sizes": [0.1, None], "box_extents": [30, 40], "success": True},
+        {"ious": [0.6, 0.7, 0.2], "sizes": [-0.2, 0.3, 0.4], "box_extents": [30, 20, 25], "success": False},
     ]
     figures = _figures(records, seconds=4.0)
     assert figures["hit_rate"] == 3 / 5 and figures["fidelity"] == 0.5 and figures["seconds_per_image"] == 2.0
-    assert figures["size_error"] == (0.1 + 0.2 + 0.3 + 0.4) / 4  # objects not found do not count
-    assert figures["by_objects"]["2"] == {"tasks": 1, "hit_rate": 0.5, "size_error": 0.1, "fidelity": 1.0}
+    assert figures["size_error"] == pytest.approx((0.1 + 0.2 + 0.3 + 0.4) / 4)  # objects not found: left out
+    assert figures["by_objects"]["2"] == {
+        "tasks": 1, "hit_rate": 0.5, "size_error": 0.1, "size_slope": None, "fidelity": 1.0
+    }  # fmt: skip
     assert figures["by_objects"]["3"]["hit_rate"] == 2 / 3
+
+
+def test_size_slope_is_one_when_objects_follow_their_boxes_and_zero_for_one_size():
+    import math
+
+    from benchmarks.bench_region_guidance import _size_figures
+
+    extents = [20, 30, 45, 60]
+    follows = [{"sizes": [0.1] * 4, "box_extents": extents}]  # every object 10% larger than its box
+    one_size = [{"sizes": [math.log(32 / e) for e in extents], "box_extents": extents}]  # all 32 wide
+    assert _size_figures(follows)["size_slope"] == pytest.approx(1.0)
+    assert _size_figures(follows)["size_error"] == pytest.approx(0.1)
+    assert _size_figures(one_size)["size_slope"] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_concept_em_figures_match_learned_concepts_and_score_distractor_masks_as_leakage():

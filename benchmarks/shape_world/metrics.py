@@ -301,20 +301,28 @@ def placement_iou(image, target) -> float:
     return max((box_iou(d.box, box) for d in _detections(image) if d.pair == pair), default=0.0)
 
 
-def placement_size_error(image, target) -> float | None:
-    """``|log(object extent / box extent)|`` of the detection that :func:`placement_iou` matches
+def placement_size_ratio(image, target) -> float | None:
+    """``log(object extent / box extent)`` of the detection that :func:`placement_iou` matches
     (extent = square root of the box area), or None if no object of the target's colour and shape
-    was detected: 0 when the object fills its box, log 2 = 0.69 when it is half or twice as wide."""
+    was detected: 0 when the object fills its box, -0.69 when it is half as wide, +0.69 twice."""
     pair = _pair(target)
     matches = [d for d in _detections(image) if d.pair == pair]
     if not matches:
         return None
     best = max(matches, key=lambda d: box_iou(d.box, target.box))
+    return math.log(box_extent(best.box) / box_extent(target.box))
 
-    def extent(box) -> float:
-        return math.sqrt(max(1e-9, (box[2] - box[0]) * (box[3] - box[1])))
 
-    return abs(math.log(extent(best.box) / extent(target.box)))
+def placement_size_error(image, target) -> float | None:
+    """``|placement_size_ratio|``: 0 when the object fills its box, log 2 = 0.69 when it is half or
+    twice as wide (None if the object was not found)."""
+    ratio = placement_size_ratio(image, target)
+    return None if ratio is None else abs(ratio)
+
+
+def box_extent(box) -> float:
+    """Square root of the area of an ``(x0, y0, x1, y1)`` box."""
+    return math.sqrt(max(1e-9, (box[2] - box[0]) * (box[3] - box[1])))
 
 
 def local_accuracy(image, mask, colour: str, shape: str) -> bool:
