@@ -23,7 +23,7 @@ so times compare):
 
 Per set and arm, overall and per object count (2, 3, 4): ``hit_rate`` (share of objects whose
 detection has IoU >= 0.5 with its box), ``mean_iou``, ``size_error`` (mean ``|log(object extent /
-box extent)|`` over the objects found, ``metrics.placement_size_error``), ``size_slope`` (the
+box extent)|`` over the objects found, ``metrics.placement_size_ratio``), ``size_slope`` (the
 least-squares slope of log object extent on log box extent over the objects found: 1 when the
 objects' size follows their boxes', 0 when the model draws one size whatever the box), ``fidelity``
 (whole-image success: every requested colour+shape present once) and ``time_ratio`` (seconds per

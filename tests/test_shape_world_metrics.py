@@ -125,6 +125,21 @@ def test_placement_iou():
     assert M.placement_iou(task.scene.image, (V.phrase(*missing), (0, 0, 50, 50))) == 0.0
 
 
+def test_placement_size_ratio_is_the_log_of_object_over_box_extent():
+    import dataclasses
+    import math
+
+    task = G.sample_layout("eval", 2)
+    for target in task.targets:
+        assert M.placement_size_ratio(task.scene.image, target) == pytest.approx(0.0)
+        x0, y0, x1, y1 = target.box
+        doubled = dataclasses.replace(target, box=(x0, y0, x0 + 2 * (x1 - x0), y0 + 2 * (y1 - y0)))
+        assert M.placement_size_ratio(task.scene.image, doubled) == pytest.approx(-math.log(2))
+    colour, shape = next(p for p in V.PAIRS if p not in task.scene.pairs)
+    missing = dataclasses.replace(task.targets[0], colour=colour, shape=shape)
+    assert M.placement_size_ratio(task.scene.image, missing) is None
+
+
 def test_local_accuracy():
     scene = G.split_scene("eval", 4, n_objects=3)
     a, b = scene.objects[:2]

@@ -313,13 +313,6 @@ def placement_size_ratio(image, target) -> float | None:
     return math.log(box_extent(best.box) / box_extent(target.box))
 
 
-def placement_size_error(image, target) -> float | None:
-    """``|placement_size_ratio|``: 0 when the object fills its box, log 2 = 0.69 when it is half or
-    twice as wide (None if the object was not found)."""
-    ratio = placement_size_ratio(image, target)
-    return None if ratio is None else abs(ratio)
-
-
 def box_extent(box) -> float:
     """Square root of the area of an ``(x0, y0, x1, y1)`` box."""
     return math.sqrt(max(1e-9, (box[2] - box[0]) * (box[3] - box[1])))
