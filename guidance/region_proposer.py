@@ -18,6 +18,12 @@ Losses, computed by an image-text scorer (the pack's ShapeCLIP, or a real CLIP) 
   as good as the right one);
 - structure: the image should change as little as the edit allows (mean absolute change).
 The chosen box is finally tightened to where its edit changed the image.
+
+The network does not learn from these losses one candidate at a time but from their consensus (our
+addition): a candidate's loss is one minus its mean overlap with the candidates, each weighted by a
+softmax of its own loss. The scorer is tolerant to partial views, so a lone region that caught a
+piece of the object (an edit that added a bump to its edge) can score a little better than the whole
+object, which many anchors' boxes agree on.
 """
 
 from __future__ import annotations
@@ -71,6 +77,12 @@ class ProposerSettings:
     # taken to hold nothing the text names. It depends on the scorer: with the pack's ShapeCLIP every
     # named object scored >= 0.63 and a third of absent ones < 0.6 (docs/region_proposer.md).
     min_relevance: float = 0.6
+    # The consensus's softmax temperature, in standard deviations of the losses over the candidates
+    # (so it does not depend on the scorer's scale); 0: each candidate's own loss. On 192 train-split
+    # tasks the chosen region's IoU rose from 0.85 / 0.74 / 0.81 (recolour / reshape / remove) to
+    # 0.89 / 0.83 / 0.85 at 0.25 (about the same at 0.5, less beyond), and no task fell by more than
+    # 0.3 against the lowest loss (3 at 0.5: a box over two objects; docs/region_proposer.md).
+    consensus_temperature: float = 0.25
 
 
 @dataclass
@@ -81,7 +93,7 @@ class Proposal:
     probabilities: torch.Tensor  # [anchors, sizes] the network's final distribution per anchor
     anchors: torch.Tensor  # [k, 2] (x, y) fractions
     edited: torch.Tensor  # [3, H, W] the chosen candidate's composite
-    losses: dict[str, torch.Tensor]  # per candidate, [n] each
+    losses: dict[str, torch.Tensor]  # per candidate, [n] each; "consensus": what the network learned from
     history: list[float] = field(default_factory=list)  # loss per iteration
     stopped: str = "iterations"
     relevance: float = 1.0  # cosine of the chosen region (before the edit) with the source text
@@ -153,6 +165,27 @@ def total_loss(losses: dict[str, torch.Tensor], settings: ProposerSettings) -> t
     )
 
 
+def consensus_losses(regions: torch.Tensor, losses: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``[n]``: one minus each region's mean IoU with the ``regions [n, 4]``, each weighted by the softmax
+    of its standardised loss over ``temperature``; ``losses`` themselves when ``temperature`` is 0."""
+    if temperature <= 0:
+        return losses
+    standard = (losses - losses.mean()) / losses.std().clamp_min(1e-8)
+    weights = F.softmax(-standard / temperature, 0)
+    return 1 - box_overlaps(regions, regions) @ weights
+
+
+def box_overlaps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``[len(a), len(b)]`` IoU of fractional boxes (0 where both are empty)."""
+    low = torch.maximum(a[:, None, :2], b[None, :, :2])
+    high = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (high - low).clamp_min(0).prod(-1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp_min(0).prod(-1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp_min(0).prod(-1)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
 def changed_box(edited: torch.Tensor, image: torch.Tensor, box, threshold: float):
     """The tight fractional box of the pixels inside ``box`` whose value changed by more than
     ``threshold`` (in any channel), or None if none did."""
@@ -216,7 +249,8 @@ def propose_region(
     with torch.no_grad():
         crops = expand_boxes(regions, settings.crop_margin)
         losses = edit_losses(scorer, composites, image, crops, request, settings)
-    weighted = total_loss(losses, settings).reshape(len(points), -1)
+    weighted = consensus_losses(regions, total_loss(losses, settings), settings.consensus_temperature)
+    weighted = weighted.reshape(len(points), -1)
     optimizer = torch.optim.Adam(generator.parameters(), lr=settings.lr)
     history, stopped = [], "iterations"
     for i in range(settings.iterations):
@@ -244,6 +278,7 @@ def propose_region(
     picks = torch.arange(len(points)) * probabilities.shape[1] + probabilities.argmax(1)
     chosen = int(picks[weighted.flatten()[picks].argmin()])
     box = tuple(float(v) for v in regions[chosen])
+    losses["consensus"] = weighted.flatten()
     relevance = 1 - float(losses["relevance"][chosen])
     found = not request.source or relevance >= settings.min_relevance
     return Proposal(

@@ -102,6 +102,24 @@ def test_box_masks_cover_the_box_area_and_crops_are_exact():
     assert torch.allclose(crop_boxes(image, boxes[1:], 8), image, atol=1e-5)
 
 
+def test_box_overlaps_are_intersection_over_union():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.2, 0.2, 0.2, 0.2]])
+    b = torch.tensor([[0.25, 0.0, 0.75, 0.5], [0.6, 0.6, 1.0, 1.0], [0.0, 0.0, 0.5, 0.5]])
+    assert rp.box_overlaps(a, b).flatten().tolist() == pytest.approx([1 / 3, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+
+def test_consensus_prefers_the_region_that_good_candidates_agree_on():
+    whole = [0.3, 0.3, 0.6, 0.6]
+    regions = torch.tensor([whole, [0.31, 0.3, 0.6, 0.6], [0.3, 0.3, 0.6, 0.59], [0.58, 0.3, 0.62, 0.6],
+                            [0.0, 0.8, 0.2, 1.0], [0.8, 0.0, 1.0, 0.2]])  # fmt: skip
+    losses = torch.tensor([0.11, 0.12, 0.12, 0.10, 0.5, 0.6])  # the lone strip scores best alone
+    assert int(rp.consensus_losses(regions, losses, 0.0).argmin()) == 3
+    consensus = rp.consensus_losses(regions, losses, 0.5)
+    assert int(consensus.argmin()) in (0, 1, 2) and consensus[4] > 0.9 and consensus[5] > 0.9
+    # standardised: the same choice whatever the scorer's scale
+    assert torch.allclose(rp.consensus_losses(regions, 10 * losses + 3, 0.5), consensus, atol=1e-6)
+
+
 def test_roi_features_sample_inside_each_box():
     features = torch.arange(16.0).reshape(1, 1, 4, 4)
     pooled = roi_features(features, torch.tensor([[0.0, 0.0, 0.25, 0.25], [0.75, 0.75, 1.0, 1.0]]), 1)
