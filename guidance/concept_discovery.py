@@ -188,7 +188,6 @@ def on_objects(
     proposals: list[tuple[torch.Tensor, torch.Tensor]],
     previous: torch.Tensor | None = None,
     appearance_temperature: float = 0.05,
-    fill: float = 0.0,
 ) -> torch.Tensor:
     """``attention`` ``[n, k, H, W]`` with each concept's map kept only on one object proposal of its
     image (``object_proposals``, resized to ``H x W``), each proposal to one concept at most (greedy,
@@ -197,9 +196,7 @@ def on_objects(
     images: a softmax over the image's proposals of their cosine (at ``appearance_temperature``) to
     the concept's mean descriptor there (that of the proposals its previous masks lie on). A token
     that attends to two crosses alike is told apart by which of them looks like its concept
-    elsewhere. With ``fill`` > 0 the kept map is raised to at least ``fill`` x its peak over the whole
-    proposal: the attention picks the object, the proposal gives its extent (a token often attends to
-    part of its object only). A concept left without a proposal keeps its whole map."""
+    elsewhere. A concept left without a proposal keeps its whole map."""
     n, k = attention.shape[:2]
     regions = [_resized(masks, attention) for masks, _ in proposals]
     appearance = _appearance(regions, proposals, previous) if previous is not None else None
@@ -222,10 +219,7 @@ def on_objects(
         for flat in score.flatten().argsort(descending=True).tolist():
             concept, obj = divmod(flat, len(masks))
             if concept in free_concepts and obj in free_objects:
-                kept = attention[image, concept] * regions[image][obj]
-                if fill > 0:
-                    kept = torch.maximum(kept, fill * kept.max() * regions[image][obj])
-                out[image, concept] = kept
+                out[image, concept] = attention[image, concept] * regions[image][obj]
                 free_concepts.discard(concept)
                 free_objects.discard(obj)
     return out

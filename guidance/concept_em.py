@@ -76,10 +76,6 @@ class ConceptEMSettings:
     one_component: bool = True  # keep only each mask's part that holds its attention's peak
     on_objects: bool = True  # E-step: each concept's attention kept on one of the image's objects
     appearance_temperature: float = 0.05  # ... chosen by attention x likeness to the concept elsewhere
-    # ... and filled: the kept map raised to this share of its peak over the whole object (0: off). A
-    # token often attends to part of its object; thresholded, its mask shrank round after round
-    # (16 train sets, E-steps of rounds 1-3: mask IoU 0.90-0.94 off, 0.95-0.99 on; docs/concept_em.md)
-    object_fill: float = 1.0
     crf: CRFSettings | None = CRFSettings()  # sharpens the masks to the image's edges; None: off
     probe_noise_levels: tuple[float, ...] = (0.3, 0.5, 0.7)  # fractions of the schedule (1 = noise)
     stable_iou: float = 0.95  # stop when every mask overlaps its previous estimate this much
@@ -124,7 +120,7 @@ def estimate_masks(
     the ``previous`` masks, looks like the concept in the other images (``on_objects``)."""
     s = settings
     if objects is not None:
-        attention = on_objects(attention, objects, previous, s.appearance_temperature, s.object_fill)
+        attention = on_objects(attention, objects, previous, s.appearance_temperature)
     temperature = s.crf.temperature if s.crf is not None else 0.05
     scores = attention.clamp_min(0) ** s.attention_power
     level = s.background_level

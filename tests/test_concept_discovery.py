@@ -183,17 +183,3 @@ def test_an_image_without_objects_keeps_its_maps_and_does_not_disturb_the_others
     assert torch.equal(kept[1], attention[1])
     # the concept is nowhere else to be seen: the attention's peak (right) decides
     assert kept[0, 0, :, :3].sum() == 0 and kept[0, 0, :, 5:].sum() > 0
-
-
-def test_filled_attention_covers_the_whole_object_it_picked():
-    left, right = torch.zeros(4, 4), torch.zeros(4, 4)
-    left[:, :2], right[:, 2:] = 1, 1
-    proposals = [(torch.stack([left, right]), torch.zeros(2, DIM))]
-    attention = torch.zeros(1, 1, 8, 8)
-    attention[0, 0, :2, 4:] = 1.0  # the token attends to the top of the right object only
-    attention[0, 0, :, :4] = 0.3
-    kept = on_objects(attention, proposals, fill=1.0)
-    assert kept[0, 0, :, :3].sum() == 0  # still the object the attention picked
-    assert torch.all(kept[0, 0, :, 5:] == 1.0)  # all of it, at the peak
-    half = on_objects(attention, proposals, fill=0.5)
-    assert torch.all(half[0, 0, 2:, 5:] == 0.5) and torch.all(half[0, 0, :2, 5:] == 1.0)
