@@ -170,7 +170,8 @@ def consensus_losses(regions: torch.Tensor, losses: torch.Tensor, temperature: f
     of its standardised loss over ``temperature``; ``losses`` themselves when ``temperature`` is 0."""
     if temperature <= 0:
         return losses
-    standard = (losses - losses.mean()) / losses.std().clamp_min(1e-8)
+    spread = losses.std() if len(losses) > 1 else losses.new_zeros(())
+    standard = (losses - losses.mean()) / spread.clamp_min(1e-8)
     weights = F.softmax(-standard / temperature, 0)
     return 1 - box_overlaps(regions, regions) @ weights
 

@@ -118,6 +118,9 @@ def test_consensus_prefers_the_region_that_good_candidates_agree_on():
     assert int(consensus.argmin()) in (0, 1, 2) and consensus[4] > 0.9 and consensus[5] > 0.9
     # standardised: the same choice whatever the scorer's scale
     assert torch.allclose(rp.consensus_losses(regions, 10 * losses + 3, 0.5), consensus, atol=1e-6)
+    # one candidate, or all alike: defined (no spread to standardise by)
+    assert rp.consensus_losses(regions[:1], losses[:1], 0.5).tolist() == pytest.approx([0.0], abs=1e-6)
+    assert torch.isfinite(rp.consensus_losses(regions, torch.full((6,), 0.2), 0.5)).all()
 
 
 def test_roi_features_sample_inside_each_box():
