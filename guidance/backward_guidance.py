@@ -28,6 +28,12 @@ images, the first guided step descends all of them together, as one batch, and k
 image the one with the lowest energy. Which start the first steps move into place decides much of
 the layout (docs/region_guidance.md).
 
+Re-layout (``relayout_at``, ``relayout.py``): at the first step at or after that fraction of the
+steps, in a run that started from noise, each region's object in the model's prediction is moved
+and scaled into its region's bounding box (one forward pass, no gradient). The gradient steps
+place objects roughly; the prediction at mid-sampling shows where each object landed and how
+large, which the attention at the first steps does not (docs/region_guidance.md, seventh round).
+
 ``BackwardGuidance`` is a ``guide(denoiser, x, sigma, cond, sample_sigmas, alternatives=None,
 start_is_noise=True)`` callable for any backend's latent-guidance hook. It holds only its settings:
 no state survives from one call (or one run) to the next.
@@ -44,7 +50,8 @@ from .attention_store import AttentionCaptured, AttentionStore, CrossAttentionLa
 from .latent_gradient import Denoiser, energy_gradient
 from .region_energies import EnergyWeights, RegionTarget, region_energy
 from .regions import check_aspect
-from .schedule import in_window, step_fraction
+from .relayout import object_box, region_box, relayout
+from .schedule import in_window, is_step_at, step_fraction
 from .start_transplant import latent_box, transplant
 
 
@@ -61,6 +68,8 @@ class BackwardGuidance:
     threshold: float = 0.1
     start_regions: tuple[torch.Tensor, ...] = ()  # per target, the region its start noise moves into
     start_layers: tuple[CrossAttentionLayer, ...] = ()  # whose attention places the start; () = layers
+    relayout_at: float = 0.0  # fraction of the steps at which objects are moved into place; 0 = never
+    relayout_regions: tuple[torch.Tensor, ...] = ()  # per target, the region its object is moved into
 
     def __post_init__(self):
         if not self.targets:
@@ -71,6 +80,11 @@ class BackwardGuidance:
             raise ValueError("iterations must be >= 1")
         if self.start_regions and len(self.start_regions) != len(self.targets):
             raise ValueError(f"{len(self.start_regions)} start regions for {len(self.targets)} targets")
+        if not 0 <= self.relayout_at < 1:
+            raise ValueError(f"relayout_at must be in [0, 1), got {self.relayout_at}")
+        if self.relayout_at > 0 and len(self.relayout_regions) != len(self.targets):
+            count = len(self.relayout_regions)
+            raise ValueError(f"{count} re-layout regions for {len(self.targets)} targets")
 
     def active(self, fraction: float | None) -> bool:
         """Whether a step at ``fraction`` of the schedule (``step_fraction``) is guided."""
@@ -94,10 +108,16 @@ class BackwardGuidance:
         ``start_is_noise``: the schedule starts at the model's maximum noise level, so the first
         step's latent is noise that ``start_regions`` may rearrange."""
         fraction = step_fraction(sigma, sample_sigmas)
-        if not self.active(fraction):
+        at = self.relayout_at
+        relaid = start_is_noise and at > 0 and is_step_at(sigma, sample_sigmas, at)
+        if not (self.active(fraction) or relaid):
             return None
         for target in self.targets:
             check_aspect(target.phrase, target.mask, tuple(x.shape[-2:]))
+        if relaid:
+            x = self.relaid(denoiser, x.float(), sigma.reshape(-1), cond)
+            if not self.active(fraction):
+                return x
         move_start = fraction == 0 and start_is_noise and bool(self.start_regions)
         if alternatives is None or len(alternatives) == 0:
             x, sigma = x.float(), sigma.reshape(-1)
@@ -131,6 +151,21 @@ class BackwardGuidance:
         return torch.stack(
             [transplant(item, per_region, boxes) for item, per_region in zip(x, attention, strict=True)]
         )
+
+    def relaid(self, denoiser: Denoiser, x, sigma, cond) -> torch.Tensor:
+        """``x`` with each region's object, in the model's prediction, moved and scaled into the
+        region (``relayout``); the step's noise, ``x`` minus the prediction, is kept."""
+        size = tuple(x.shape[-2:])
+        store = AttentionStore(self.layers)
+        with torch.no_grad():
+            prediction = denoiser.denoise(x, sigma, cond, store).float()
+        maps = store.maps(size)
+        boxes = [region_box(region, size) for region in self.relayout_regions]
+        moved = []
+        for item, predicted, item_maps in zip(x, prediction, maps, strict=True):
+            objects = [object_box(predicted, item_maps[list(t.tokens)].mean(0)) for t in self.targets]
+            moved.append(item - predicted + relayout(predicted, objects, boxes))
+        return torch.stack(moved)
 
     def descend(self, denoiser: Denoiser, x, sigma, cond) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``iterations`` normalised steps down the energy; ``(moved x, energy per item at the

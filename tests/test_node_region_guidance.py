@@ -61,6 +61,7 @@ def _graph(guided: bool = True, batch: int = 1, phrase: str = "red circle", **gu
                 "boxdiff_weight": 0.5,
                 "presence_weight": 0.5,
                 "extent_weight": 0.0,
+                "relayout_at": 0.0,
                 **guidance,
             },
         },  # fmt: skip
@@ -122,6 +123,19 @@ def test_the_start_is_moved_only_when_sampling_starts_from_noise(comfy):
     assert torch.equal(guided, partial(move_start=False))  # ... but the start was left in place
 
 
+def test_relayout_acts_only_when_sampling_starts_from_noise(comfy):
+    guided = _samples(comfy, _graph())
+    relaid = _samples(comfy, _graph(relayout_at=0.5))  # step 2 of 4, after the guided steps
+    assert torch.isfinite(relaid).all() and not torch.equal(relaid, guided)
+
+    def partial(**settings) -> torch.Tensor:
+        graph = _graph(**settings)
+        graph["8"]["inputs"]["denoise"] = 0.6
+        return _samples(comfy, graph)
+
+    assert torch.equal(partial(relayout_at=0.5), partial())  # img2img: the image's objects stay put
+
+
 def test_start_candidates_change_the_start_deterministically(comfy):
     guided = _samples(comfy, _graph(batch=2))
     chosen = _samples(comfy, _graph(batch=2, candidates=3))
@@ -166,7 +180,7 @@ def test_guidance_composes_with_an_existing_attn2_patch(comfy, sd15):
     regions = RegionFromBox.execute(0.0, 0.0, 0.5, 0.5, 64, 64, "red circle", 1.0).result[0]
     settings = dict(strength=0.2, start_at=0.0, end_at=1.0, iterations=1, threshold=0.0, target_scale=1.0,
                     candidates=1, move_start=False, layers="all", layout_weight=1.0, boxdiff_weight=0.0,
-                    presence_weight=0.0, extent_weight=0.0)  # fmt: skip
+                    presence_weight=0.0, extent_weight=0.0, relayout_at=0.0)  # fmt: skip
     nodes = comfy.node_classes
 
     def sample(m, positive):
@@ -193,7 +207,8 @@ def test_guided_ksampler_without_guidance_equals_the_stock_ksampler(comfy):
                    "steps": 4, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0,
                    "strength": 0.0, "start_at": 0.0, "end_at": 0.3, "iterations": 1, "threshold": 0.2,
                    "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse",
-                   "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0, "extent_weight": 0.0},
+                   "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0, "extent_weight": 0.0,
+                   "relayout_at": 0.0},
     }  # fmt: skip
     _preview(graph, "9")
     comfy.run(graph)
@@ -214,7 +229,8 @@ def test_region_guider_drives_sampler_custom_advanced(comfy):
                        "negative": ["6", 0], "cfg": 5.0, "region_cfg": 1.0, "strength": 0.2, "start_at": 0.0,
                        "end_at": 0.5, "iterations": 1, "threshold": 0.0, "target_scale": 0.8,
                        "candidates": 2, "move_start": True, "layers": "coarse", "layout_weight": 1.0,
-                       "boxdiff_weight": 0.0, "presence_weight": 0.0, "extent_weight": 0.0},
+                       "boxdiff_weight": 0.0, "presence_weight": 0.0, "extent_weight": 0.0,
+                       "relayout_at": 0.0},
         },
         "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 3}},
         "12": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "euler"}},
@@ -373,7 +389,7 @@ def test_guided_ksampler_takes_multi_conditional_cfg(comfy):
               "strength": 0.2, "start_at": 0.0, "end_at": 0.5, "iterations": 1, "threshold": 0.0,
               "target_scale": 0.8, "candidates": 1, "move_start": True, "layers": "coarse",
               "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0,
-              "extent_weight": 0.0}  # fmt: skip
+              "extent_weight": 0.0, "relayout_at": 0.0}  # fmt: skip
     graph["9"] = {"class_type": "RegionGuidedKSampler", "inputs": dict(inputs)}
     graph["20"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": PROMPT}}
     graph["21"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["1", 1], "text": "a green cross"}}

@@ -161,7 +161,7 @@ def test_regions_chain_into_backward_guidance(comfy):
                    "positive": ["4", 1], "strength": 0.2, "start_at": 0.0, "end_at": 0.5, "iterations": 1,
                    "threshold": 0.0, "target_scale": 0.8, "candidates": 1, "move_start": False,
                    "layers": "coarse", "layout_weight": 1.0, "boxdiff_weight": 0.0, "presence_weight": 0.0,
-                   "extent_weight": 0.0},
+                   "extent_weight": 0.0, "relayout_at": 0.0},
     }  # fmt: skip
     graph["8"]["inputs"].update(model=["5", 0], positive=["5", 1])
     both = _ksampler(comfy, graph)
