@@ -61,6 +61,9 @@ RESHAPE_TARGET_SCALE = 0.55  # RegionBackwardGuidance's target_scale for a new s
 # is drawn more often from the best of 4 starts (train-split additions, docs); a recolour or reshape gains
 # nothing from them.
 ADD_CANDIDATES = 4
+# Re-layout of the prediction (RegionBackwardGuidance's relayout_at, default 0.45) is off in the edits:
+# the new shape's size is set by target_scale, and these figures were measured before re-layout existed.
+EDIT_RELAYOUT_AT = 0.0
 PSNR_CAP = 60.0
 SEED_BASE = 700_000
 
@@ -157,12 +160,21 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
     - remove: one inpainting pass at denoise 1, empty prompt, the object as the negative prompt;
     - add: the two passes of a new shape, RegionBackwardGuidance's defaults but ``ADD_CANDIDATES`` start
       candidates (text-grounded generation).
+
+    Re-layout is off in the new-shape passes (``EDIT_RELAYOUT_AT``).
     """
     area = grow_box(box, EDIT_MARGIN)
     if request.kind == "add":
         added = parse_grounding(request.target)
         return session.grounded_generation(
-            image, box, area, added.prompt, added.phrase, seed, candidates=ADD_CANDIDATES
+            image,
+            box,
+            area,
+            added.prompt,
+            added.phrase,
+            seed,
+            candidates=ADD_CANDIDATES,
+            relayout_at=EDIT_RELAYOUT_AT,
         )
     if request.kind == "remove":
         return session.masked_generation(
@@ -170,7 +182,14 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
         )
     if request.kind == "replace":
         return session.grounded_generation(
-            image, box, area, request.prompt, request.target, seed, target_scale=RESHAPE_TARGET_SCALE
+            image,
+            box,
+            area,
+            request.prompt,
+            request.target,
+            seed,
+            target_scale=RESHAPE_TARGET_SCALE,
+            relayout_at=EDIT_RELAYOUT_AT,
         )
     negative = request.negative  # the object as it is now: steers the edit away from the old colour
     return session.masked_generation(

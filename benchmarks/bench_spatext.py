@@ -65,7 +65,8 @@ ARMS = (
 OPTIONAL_ARMS = ("training_free_chunks_only", "training_free_guided_node_defaults")
 # A painted outline asks for the object's exact extent, not only its place: more guided steps and
 # start candidates close more of the gap (eval-split maps; docs/spatio_textual.md).
-PAINTED_REGION_GUIDANCE = {"candidates": 4, "end_at": 0.3}
+# relayout_at 0: measured before re-layout of the prediction existed (not yet measured on painted regions)
+PAINTED_REGION_GUIDANCE = {"candidates": 4, "end_at": 0.3, "relayout_at": 0.0}
 LABEL_COLOURS = ("#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff")
 
 

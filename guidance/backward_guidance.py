@@ -65,7 +65,7 @@ class BackwardGuidance:
     start_at: float = 0.0
     end_at: float = 0.1
     iterations: int = 3
-    threshold: float = 0.1
+    threshold: float = 0.2
     start_regions: tuple[torch.Tensor, ...] = ()  # per target, the region its start noise moves into
     start_layers: tuple[CrossAttentionLayer, ...] = ()  # whose attention places the start; () = layers
     relayout_at: float = 0.0  # fraction of the steps at which objects are moved into place; 0 = never
@@ -160,6 +160,11 @@ class BackwardGuidance:
         with torch.no_grad():
             prediction = denoiser.denoise(x, sigma, cond, store).float()
         maps = store.maps(size)
+        if maps.shape[0] != x.shape[0]:
+            raise RuntimeError(
+                f"re-layout saw attention for {maps.shape[0]} of {x.shape[0]} images: the host split the "
+                "batch to fit in memory; use a smaller batch"
+            )
         boxes = [region_box(region, size) for region in self.relayout_regions]
         moved = []
         for item, predicted, item_maps in zip(x, prediction, maps, strict=True):

@@ -84,7 +84,7 @@ def guidance_inputs() -> list:
         ),
         io.Float.Input(
             "threshold",
-            default=0.1,
+            default=0.2,
             min=0.0,
             max=10.0,
             step=0.01,
