@@ -48,10 +48,10 @@ def connected_part(candidates: torch.Tensor, seed: tuple[int, int]) -> torch.Ten
     part = torch.zeros_like(candidates)
     part[seed] = bool(candidates[seed])
     while True:
-        grown = F.max_pool2d(part[None, None].float(), 3, stride=1, padding=1)[0, 0].bool() & candidates
-        if torch.equal(grown, part):
+        wider = F.max_pool2d(part[None, None].float(), 3, stride=1, padding=1)[0, 0].bool() & candidates
+        if torch.equal(wider, part):
             return part
-        part = grown
+        part = wider
 
 
 def object_box(prediction: torch.Tensor, attention: torch.Tensor) -> Box | None:
