@@ -37,6 +37,7 @@ import time
 import numpy as np
 import torch
 
+from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED
 from benchmarks.shape_world.generator import EDIT_KINDS, sample_edit_task, sample_grounding
 from benchmarks.shape_world.metrics import (
     box_iou,
@@ -61,9 +62,6 @@ RESHAPE_TARGET_SCALE = 0.55  # RegionBackwardGuidance's target_scale for a new s
 # is drawn more often from the best of 4 starts (train-split additions, docs); a recolour or reshape gains
 # nothing from them.
 ADD_CANDIDATES = 4
-# Re-layout of the prediction (RegionBackwardGuidance's relayout_at, default 0.45) is off in the edits:
-# the new shape's size is set by target_scale, and these figures were measured before re-layout existed.
-EDIT_RELAYOUT_AT = 0.0
 PSNR_CAP = 60.0
 SEED_BASE = 700_000
 
@@ -161,7 +159,7 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
     - add: the two passes of a new shape, RegionBackwardGuidance's defaults but ``ADD_CANDIDATES`` start
       candidates (text-grounded generation).
 
-    Re-layout is off in the new-shape passes (``EDIT_RELAYOUT_AT``).
+    Every guided pass takes ``GUIDANCE_AS_MEASURED`` (re-layout off, threshold 0.1): measured so.
     """
     area = grow_box(box, EDIT_MARGIN)
     if request.kind == "add":
@@ -174,7 +172,7 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
             added.phrase,
             seed,
             candidates=ADD_CANDIDATES,
-            relayout_at=EDIT_RELAYOUT_AT,
+            **GUIDANCE_AS_MEASURED,
         )
     if request.kind == "remove":
         return session.masked_generation(
@@ -189,11 +187,19 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
             request.target,
             seed,
             target_scale=RESHAPE_TARGET_SCALE,
-            relayout_at=EDIT_RELAYOUT_AT,
+            **GUIDANCE_AS_MEASURED,
         )
     negative = request.negative  # the object as it is now: steers the edit away from the old colour
     return session.masked_generation(
-        image, box, request.prompt, request.target, RECOLOUR_DENOISE, seed, area=area, negative=negative
+        image,
+        box,
+        request.prompt,
+        request.target,
+        RECOLOUR_DENOISE,
+        seed,
+        area=area,
+        negative=negative,
+        **GUIDANCE_AS_MEASURED,
     )
 
 

@@ -245,6 +245,8 @@ def _proposed_region(w: WorkflowSpec, image_name: str, task: tuple):
 
 
 def region_edit() -> WorkflowSpec:
+    from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED  # the settings its benchmark measures
+
     w = WorkflowSpec("shape_world_region_edit")
     model, image, proposer = _proposed_region(w, EDIT_IMAGE, EDIT_TASK)
     encoded = w.node("VAEEncode", (2, 0), "VAE Encode", pixels=image[0], vae=model[2])
@@ -253,7 +255,7 @@ def region_edit() -> WorkflowSpec:
     )
     guidance = w.node(
         "RegionBackwardGuidance", (3, 0), "Region Backward Guidance", model=model[0], clip=model[1],
-        regions=proposer[2], prompt=proposer[4],
+        regions=proposer[2], prompt=proposer[4], **GUIDANCE_AS_MEASURED,
     )  # fmt: skip
     negative = w.node("CLIPTextEncode", (3, 0), "Negative prompt", text=proposer[5], clip=model[1])
     sampler = w.node(
@@ -310,14 +312,14 @@ def _blend_in(w: WorkflowSpec, model, image, guidance, negative, layout, mask, t
 
 
 def region_reshape() -> WorkflowSpec:
-    from benchmarks.bench_region_proposer import EDIT_RELAYOUT_AT  # the settings its benchmark measures
+    from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED  # the settings its benchmark measures
 
     w = WorkflowSpec("shape_world_region_reshape")
     model, image, proposer = _proposed_region(w, RESHAPE_IMAGE, RESHAPE_TASK)
     guidance = w.node(
         "RegionBackwardGuidance", (2, 0), "Region Backward Guidance (target_scale 0.55)", model=model[0],
         clip=model[1], regions=proposer[2], prompt=proposer[4], target_scale=0.55,
-        relayout_at=EDIT_RELAYOUT_AT,
+        **GUIDANCE_AS_MEASURED,
     )  # fmt: skip
     negative = w.node("CLIPTextEncode", (2, 0), "Negative prompt", text=proposer[5], clip=model[1])
     empty = w.node("EmptyLatentImage", (3, 0), "128x128", width=128, height=128, batch_size=1)
@@ -355,7 +357,7 @@ def write_grounding_image() -> None:
 
 
 def text_grounding() -> WorkflowSpec:
-    from benchmarks.bench_grounding import TOG_RELAYOUT_AT  # the settings its benchmark measures
+    from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED  # the settings its benchmark measures
     from benchmarks.shape_world.grounding_phrasing import written_grounding
 
     w = WorkflowSpec("shape_world_text_grounding")
@@ -371,7 +373,7 @@ def text_grounding() -> WorkflowSpec:
     w.group("Where the text says the object goes (no box drawn)", image, grounding, preview)
     guidance = w.node(
         "RegionBackwardGuidance", (2, 0), "Region Backward Guidance", model=model[0], clip=model[1],
-        regions=grounding[3], prompt=grounding[5], relayout_at=TOG_RELAYOUT_AT,
+        regions=grounding[3], prompt=grounding[5], **GUIDANCE_AS_MEASURED,
     )  # fmt: skip
     layout = w.node(
         "KSampler", (3, 0), "KSampler: lay the object out", model=guidance[0], positive=guidance[1],
