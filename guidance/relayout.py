@@ -26,6 +26,9 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .concept_discovery import connected_components
+from .regions import mask_box
+
 Box = tuple[float, float, float, float]  # left, top, right, bottom in latent cells (continuous)
 
 LARGEST_OBJECT = 0.5  # share of the image beyond which a found part is background, not an object
@@ -35,23 +38,19 @@ BACKGROUND_CONTRAST = 2.0  # an object's cell is this many times farther from th
 def region_box(mask: torch.Tensor, size: tuple[int, int]) -> Box | None:
     """Bounding box of ``mask [H, W]`` (pixels at least half inside) in the cells of a latent of
     ``size``, at the mask's own resolution (no rounding to cells); None for an empty mask."""
-    inside = mask >= 0.5
-    rows, cols = inside.any(1).nonzero(), inside.any(0).nonzero()
-    if len(rows) == 0:
+    box = mask_box(mask)
+    if box is None:
         return None
-    fy, fx = size[0] / mask.shape[-2], size[1] / mask.shape[-1]
-    return float(cols[0]) * fx, float(rows[0]) * fy, (float(cols[-1]) + 1) * fx, (float(rows[-1]) + 1) * fy
+    left, top, right, bottom = box
+    return left * size[1], top * size[0], right * size[1], bottom * size[0]
 
 
 def connected_part(candidates: torch.Tensor, seed: tuple[int, int]) -> torch.Tensor:
     """The 8-connected part of the boolean map ``candidates [h, w]`` that holds ``seed`` (row, col)."""
-    part = torch.zeros_like(candidates)
-    part[seed] = bool(candidates[seed])
-    while True:
-        wider = F.max_pool2d(part[None, None].float(), 3, stride=1, padding=1)[0, 0].bool() & candidates
-        if torch.equal(wider, part):
-            return part
-        part = wider
+    if not candidates[seed]:
+        return torch.zeros_like(candidates)
+    labels = connected_components(candidates)
+    return labels == labels[seed]
 
 
 def object_box(prediction: torch.Tensor, attention: torch.Tensor) -> Box | None:
@@ -80,10 +79,8 @@ def grown(box: Box, margin: float) -> Box:
     return left - dx, top - dy, right + dx, bottom + dy
 
 
-def _cells_inside(box: Box, size: tuple[int, int], device) -> torch.Tensor:
-    """Cells of a ``size`` grid whose centres lie in ``box``."""
-    ys = torch.arange(size[0], device=device, dtype=torch.float32)[:, None] + 0.5
-    xs = torch.arange(size[1], device=device, dtype=torch.float32)[None, :] + 0.5
+def _cells_inside(box: Box, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    """Cells whose centres (``ys [h, 1]``, ``xs [1, w]``) lie in ``box``."""
     left, top, right, bottom = box
     return (xs >= left) & (xs <= right) & (ys >= top) & (ys <= bottom)
 
@@ -103,14 +100,14 @@ def relayout(
     if not pairs:
         return prediction
     prediction = prediction.float()
+    ys = torch.arange(size[0], device=prediction.device, dtype=torch.float32)[:, None] + 0.5
+    xs = torch.arange(size[1], device=prediction.device, dtype=torch.float32)[None, :] + 0.5
     vacated = torch.zeros(size, dtype=torch.bool, device=prediction.device)
     for source, _ in pairs:
-        vacated |= _cells_inside(grown(source, margin), size, prediction.device)
+        vacated |= _cells_inside(grown(source, margin), ys, xs)
     rest = prediction[:, ~vacated] if (~vacated).any() else prediction.flatten(1)
     out = prediction.clone()
     out[:, vacated] = rest.median(1).values[:, None]
-    ys = torch.arange(size[0], device=prediction.device, dtype=torch.float32)[:, None] + 0.5
-    xs = torch.arange(size[1], device=prediction.device, dtype=torch.float32)[None, :] + 0.5
     for source, target in pairs:
         # each cell of the target maps to the point of the source at the same relative position
         sx = source[0] + (xs - target[0]) * (source[2] - source[0]) / (target[2] - target[0])
@@ -119,6 +116,6 @@ def relayout(
         sampled = F.grid_sample(
             prediction[None], grid[None], mode="bilinear", padding_mode="border", align_corners=False
         )[0]
-        inside = _cells_inside(grown(target, margin), size, prediction.device)
+        inside = _cells_inside(grown(target, margin), ys, xs)
         out[:, inside] = sampled[:, inside]
     return out

@@ -185,7 +185,7 @@ def check_prompt_prefix(node: str, own, positive) -> None:
 def make_guidance(
     node: str, model, clip, regions, prompt: str, strength, start_at, end_at, iterations, threshold,
     target_scale, candidates, move_start, layers, layout_weight, boxdiff_weight, presence_weight,
-    extent_weight, relayout_at=0.0,
+    extent_weight, relayout_at,
 ):  # fmt: skip
     """Validate the inputs and return the guided MODEL clone (the MODEL itself if strength is 0)."""
     positions = region_token_positions(node, clip, regions, prompt)
