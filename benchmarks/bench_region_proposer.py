@@ -24,6 +24,8 @@ an empty prompt and the object as the negative prompt.
 Figures per arm and per kind: ``region_iou`` (box IoU with the true edit region: the edited object, the
 union of its old and new shapes, or the removed object's place for an addition, one of many valid ones;
 for additions also ``region_valid``: the region is next to its anchor and overlaps no object),
+``region_iou_any_valid_place`` (the same, but an addition's region scored against the valid place of the
+removed object's size nearest to it, ``metrics.valid_place_iou``: "next to the X" has many right places),
 ``edit_success`` (recolour / reshape: the metrics module finds the new colour and shape inside the true
 region; remove: the object is gone; add: the object is made at a valid place), ``psnr_outside`` (dB outside
 the true region, for an addition outside the made object, capped at 60; ``share_30db``: share of tasks at
@@ -45,6 +47,7 @@ from benchmarks.shape_world.metrics import (
     object_present,
     placement_valid,
     psnr_outside,
+    valid_place_iou,
 )
 from spatial_control.guidance.grounding import grow_box
 from spatial_control.guidance.grounding_text import parse_grounding
@@ -230,9 +233,11 @@ def score(kind: str, task, edited: np.ndarray, box) -> dict:
         if area == (0, 0, 128, 128):  # nothing made: nothing outside a whole-image area; the true place
             area = task.target.box
         figures = addition_figures(task, edited, area)
+        pixel_box = tuple(v * 128 for v in box)
         return {
             "edit_success": figures["tog_success"], "psnr_outside": figures["psnr_outside"],
-            "region_valid": bool(placement_valid(tuple(v * 128 for v in box), task)),
+            "region_valid": bool(placement_valid(pixel_box, task)),
+            "valid_place_iou": valid_place_iou(pixel_box, task),
         }  # fmt: skip
     return {
         "edit_success": bool(edit_succeeded(task, edited)),
@@ -276,6 +281,9 @@ def summarise(rows: list[dict]) -> dict:
     def figures(subset):
         return {
             "region_iou": round(float(np.mean([r["region_iou"] for r in subset])), 3),
+            "region_iou_any_valid_place": round(
+                float(np.mean([r.get("valid_place_iou", r["region_iou"]) for r in subset])), 3
+            ),
             "edit_success": round(float(np.mean([r["edit_success"] for r in subset])), 3),
             "psnr_outside": round(float(np.mean([r["psnr_outside"] for r in subset])), 2),
             "share_30db": round(float(np.mean([r["psnr_outside"] >= 30 for r in subset])), 3),

@@ -10,7 +10,12 @@ import torch
 from benchmarks.bench_grounding import centred
 from benchmarks.shape_world.generator import RELATIONS, sample_grounding
 from benchmarks.shape_world.grounding_phrasing import written_grounding
-from benchmarks.shape_world.metrics import object_overlap, placement_valid, placement_validity_grid
+from benchmarks.shape_world.metrics import (
+    object_overlap,
+    placement_valid,
+    placement_validity_grid,
+    valid_place_iou,
+)
 from spatial_control.guidance.grounding import grow_box, heat_image, placement_from_map
 from spatial_control.guidance.grounding_text import parse_grounding
 from spatial_control.models.deformable_alignment import DeformableAlignment
@@ -154,6 +159,16 @@ def test_the_removed_object_is_a_valid_placement_and_an_overlapping_box_is_not()
         if task.scene.objects:
             assert object_overlap(task.scene.objects[0].box, task.scene.masks)
             assert not placement_valid(task.scene.objects[0].box, task)
+
+
+def test_valid_place_iou_scores_a_placement_against_the_right_place_nearest_to_it():
+    for i in range(6):
+        task = sample_grounding("test", i, relation="next to", size_in_text=False)
+        x0, y0, x1, y1 = task.target.box
+        assert valid_place_iou(task.target.box, task) > 0.9
+        assert valid_place_iou((x0, y0, x0 + 2 * (x1 - x0), y1), task) < 0.6  # twice as wide
+        anchor = task.full_scene.objects[task.full_scene.pairs.index(task.anchors[0])].box
+        assert valid_place_iou(anchor, task) < valid_place_iou(task.target.box, task)  # on the anchor itself
 
 
 def test_the_training_targets_validity_grid_agrees_with_placement_valid_cell_by_cell():

@@ -484,6 +484,25 @@ def placement_validity_grid(task, grid: int, width: float, height: float) -> np.
     return valid
 
 
+def valid_place_iou(box, task) -> float:
+    """The largest IoU between a pixel box and a box of the task's target size at a valid placement
+    (:func:`placement_valid`, centres on the pixel grid): a placement's IoU where many places are
+    right ("next to the X"), scored against the right place nearest to it; 0 if none is valid."""
+    x0, y0, x1, y1 = task.target.box
+    width, height = x1 - x0, y1 - y0
+    size = task.scene.image.shape[0]
+    valid = placement_validity_grid(task, size, width, height)
+    cy, cx = np.nonzero(valid)
+    if cx.size == 0:
+        return 0.0
+    cx, cy = cx + 0.5, cy + 0.5
+    ix = np.clip(np.minimum(box[2], cx + width / 2) - np.maximum(box[0], cx - width / 2), 0, None)
+    iy = np.clip(np.minimum(box[3], cy + height / 2) - np.maximum(box[1], cy - height / 2), 0, None)
+    inter = ix * iy
+    union = (box[2] - box[0]) * (box[3] - box[1]) + width * height - inter
+    return float((inter / np.maximum(union, 1e-9)).max())
+
+
 def frechet_distance(features_a, features_b) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets ``[n, d]`` (FID's formula,
     ``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a^1/2 C_b C_a^1/2)^1/2)``)."""
