@@ -10,7 +10,8 @@ DPM++ 2M Karras, CFG 4):
 - ``textual_inversion``: one token set per concept, whole-image loss, no masks, no attention loss.
 - ``first_pass``: the first masks (co-segmentation, as in ``em``), one M-step, then the masks of
   the first attention pass, kept for the remaining rounds (no EM iterations).
-- ``em``: the defaults (masks re-estimated after every round until stable).
+- ``em``: the defaults (masks re-estimated after every round until stable; the remaining rounds
+  train the tokens on the stable masks).
 
 The concepts are learned without names, so each arm's learned concepts are matched to the true
 ones by the assignment of highest mean mask IoU (Hungarian) before anything is scored. Figures per

@@ -10,7 +10,8 @@ mask in every image from its token's attention, averaged over several noise leve
 normalised across the concepts and the background. The first masks are the user's, or those of a
 co-segmentation on the denoiser's own features (``concept_discovery.py``: the objects the images
 share); with ``discover`` off and no masks, the first M-step is textual inversion on the whole
-images. Rounds stop when the masks are stable or the budget is spent.
+images. E-steps stop when the masks are stable (the remaining steps fit the tokens to them) or the
+time budget is spent.
 
 Written against the ``Denoiser`` protocol and a ``ConceptText`` (the backend's text encoder,
 differentiable in the new embeddings), so it runs on ComfyUI MODELs and diffusers UNets alike.
@@ -89,7 +90,7 @@ class ConceptEMResult:
     attention: torch.Tensor  # [images, concepts, H, W] normalised attention of the last E-step
     first_masks: torch.Tensor | None  # the masks of the first M-step: given or discovered (None: none)
     rounds: int
-    stopped: str  # "stable", "rounds" or "budget"
+    stopped: str  # "stable" (E-steps ended, every step trained), "rounds" or "budget" (time)
     history: list[dict] = field(default_factory=list)
 
 
@@ -231,7 +232,7 @@ class ConceptEM:
         first_masks = None if masks is None else masks.detach().cpu().clone()
         optimiser = torch.optim.Adam(list(embeddings.values()), lr=s.learning_rate)
         total, done, history, stopped = s.warmup_steps + s.rounds * s.steps_per_round, 0, [], "rounds"
-        attention = None
+        attention, out_of_time = None, False
         for round_index in range(s.rounds + 1):
             losses = []
             for _ in range(s.steps_per_round if round_index else s.warmup_steps):
@@ -242,8 +243,15 @@ class ConceptEM:
                 if on_step is not None:
                     on_step(done, total)
                 if deadline is not None and time.monotonic() > deadline:
-                    stopped = "budget"
+                    out_of_time = True
                     break
+            if stopped == "stable":
+                # Tokens and masks agree: no more E-steps; the rest of the steps fit the tokens to the
+                # masks (stopping here left the tokens under-trained: fewer good "a <concept>" images).
+                history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": None})
+                if out_of_time:
+                    break
+                continue
             probes = [torch.randn(x0.shape, generator=generator).to(x0.device) for _ in s.probe_noise_levels]
             attention = self.attention(x0, embeddings, count, images.shape[-2:], probes)
             estimate = estimate_masks(attention, images, s, objects, masks)
@@ -251,11 +259,11 @@ class ConceptEM:
             history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": change})
             if round_index == 0 or s.refine_masks:  # the first attention pass always replaces them
                 masks = estimate
-            if stopped == "budget":
+            if out_of_time:
+                stopped = "budget"
                 break
             if change is not None and change >= s.stable_iou and s.refine_masks:
                 stopped = "stable"
-                break
         return ConceptEMResult(
             {k: v.detach().clone() for k, v in embeddings.items()},
             masks,

@@ -127,7 +127,8 @@ class ConceptTokenEM(io.ComfyNode):
                     0,
                     50,
                     "EM rounds after it: masked token optimisation, then new masks from the "
-                    "tokens' attention. Stops early once the masks are stable.",
+                    "tokens' attention. Once the masks are stable the remaining rounds only train the "
+                    "tokens on them.",
                 ),
                 _setting("steps_per_round", 1, 20000, "Optimiser steps in each EM round."),
                 _setting(

@@ -166,6 +166,20 @@ def test_em_is_deterministic_under_its_seed_and_reports_progress(em_parts):
     assert first.stopped in ("rounds", "stable")
 
 
+def test_once_the_masks_are_stable_the_remaining_steps_train_the_tokens_without_new_masks(em_parts):
+    _, _, latents, images, _ = em_parts
+    calls = []
+    stable = _em(em_parts, stable_iou=0.0, rounds=3).run(
+        latents, images, 2, "object", seed=5, on_step=lambda d, t: calls.append(d)
+    )
+    assert stable.stopped == "stable"
+    assert calls[-1] == 3 + 3 * 2  # every step of the budget trained
+    assert [h["mask_iou"] is None for h in stable.history] == [False, True, True, True]  # E-steps ended
+    never = _em(em_parts, stable_iou=1.01, rounds=3).run(latents, images, 2, "object", seed=5)
+    assert never.stopped == "rounds" and all(h["mask_iou"] is not None for h in never.history)
+    assert not torch.equal(stable.embeddings["clip_l"], never.embeddings["clip_l"])
+
+
 def test_without_discovery_the_first_round_is_textual_inversion(em_parts):
     _, _, latents, images, _ = em_parts
     result = _em(em_parts, discover=False).run(latents, images, 2, "object", seed=5)
