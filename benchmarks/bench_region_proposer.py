@@ -162,7 +162,9 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
     - add: the two passes of a new shape, RegionBackwardGuidance's defaults but ``ADD_CANDIDATES`` start
       candidates (text-grounded generation).
 
-    Every guided pass takes ``GUIDANCE_AS_MEASURED`` (re-layout off, threshold 0.1): measured so.
+    The guided passes of a recolour and a reshape take ``GUIDANCE_AS_MEASURED`` (re-layout off,
+    threshold 0.1: measured so; in a reshape re-layout would override target_scale); an addition's,
+    the node's defaults (re-layout included: re-measured 2026-12-07).
     """
     area = grow_box(box, EDIT_MARGIN)
     if request.kind == "add":
@@ -175,7 +177,6 @@ def final_edit(session, image, box, request, seed: int) -> np.ndarray:
             added.phrase,
             seed,
             candidates=ADD_CANDIDATES,
-            **GUIDANCE_AS_MEASURED,
         )
     if request.kind == "remove":
         return session.masked_generation(
