@@ -21,8 +21,8 @@ below the node's default ``min_confidence``.
 
 TOG on the first ``tog_tasks`` tasks, through stock nodes on the demo model as the workflow
 ``shape_world_text_grounding`` runs them (``DemoModelSession.grounded_generation``: the model guided by
-RegionBackwardGuidance with the settings TOG was measured with (``GUIDANCE_AS_MEASURED``) to put the
-phrase in the box; KSampler 20 steps DPM++ 2M Karras, CFG 4 from an empty latent lays the object out;
+RegionBackwardGuidance with its defaults (re-layout included) to put the phrase in the box; KSampler
+20 steps DPM++ 2M Karras, CFG 4 from an empty latent lays the object out;
 LatentCompositeMasked pastes the box grown by a quarter of its side per side into the image's latent;
 SetLatentNoiseMask + KSampler at denoise 0.3 blends it in; ImageCompositeMasked keeps every pixel
 outside): ``ours`` (the predicted box), ``true_box`` (the removed object's own box: guidance with the
@@ -39,7 +39,6 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED
 from benchmarks.shape_world.generator import RELATIONS
 from benchmarks.shape_world.grounding_phrasing import written_grounding
 from benchmarks.shape_world.metrics import box_iou, detect_objects, placement_valid, psnr_outside
@@ -131,9 +130,7 @@ def tog_record(session, sample, image: torch.Tensor, box, arm: str, seed: int) -
     else:
         fraction = tuple(min(1.0, max(0.0, v / CANVAS)) for v in box)
         area = grow_box(fraction, MASK_MARGIN)
-        edited = session.grounded_generation(
-            image, fraction, area, request.prompt, request.phrase, seed, **GUIDANCE_AS_MEASURED
-        )
+        edited = session.grounded_generation(image, fraction, area, request.prompt, request.phrase, seed)
         fallback = tuple(int(round(v * CANVAS)) for v in area)
     return {"relation": task.relation, **addition_figures(task, edited, fallback)}
 

@@ -357,7 +357,6 @@ def write_grounding_image() -> None:
 
 
 def text_grounding() -> WorkflowSpec:
-    from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED  # the settings its benchmark measures
     from benchmarks.shape_world.grounding_phrasing import written_grounding
 
     w = WorkflowSpec("shape_world_text_grounding")
@@ -373,7 +372,7 @@ def text_grounding() -> WorkflowSpec:
     w.group("Where the text says the object goes (no box drawn)", image, grounding, preview)
     guidance = w.node(
         "RegionBackwardGuidance", (2, 0), "Region Backward Guidance", model=model[0], clip=model[1],
-        regions=grounding[3], prompt=grounding[5], **GUIDANCE_AS_MEASURED,
+        regions=grounding[3], prompt=grounding[5],
     )  # fmt: skip
     layout = w.node(
         "KSampler", (3, 0), "KSampler: lay the object out", model=guidance[0], positive=guidance[1],
