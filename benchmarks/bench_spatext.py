@@ -43,7 +43,6 @@ import time
 import numpy as np
 import torch
 
-from benchmarks.comfy_generation import GUIDANCE_AS_MEASURED
 from benchmarks.shape_world.captions import random_style, write_caption
 from benchmarks.shape_world.generator import split_scene
 from benchmarks.shape_world.metrics import (
@@ -66,7 +65,7 @@ ARMS = (
 OPTIONAL_ARMS = ("training_free_chunks_only", "training_free_guided_node_defaults")
 # A painted outline asks for the object's exact extent, not only its place: more guided steps and
 # start candidates close more of the gap (eval-split maps; docs/spatio_textual.md).
-PAINTED_REGION_GUIDANCE = {"candidates": 4, "end_at": 0.3, **GUIDANCE_AS_MEASURED}
+PAINTED_REGION_GUIDANCE = {"candidates": 4, "end_at": 0.3}
 LABEL_COLOURS = ("#ff0000", "#00ff00", "#0000ff", "#ffff00", "#ff00ff", "#00ffff")
 
 

@@ -11,9 +11,9 @@ import torch
 from scripts.comfy_headless import HeadlessComfyUI, quiet_comfy_logging
 
 # Region Backward Guidance's defaults before re-layout of the prediction became one (2026-12-07): the
-# region edits' recolour and reshape figures and the painted-region figures were measured with these,
-# so those benchmarks and their workflows keep them until re-measured (docs/region_guidance.md, seventh
-# round). Text-grounded generation and additions were re-measured with the defaults.
+# region edits' recolour and reshape figures were measured with these, so that benchmark and its
+# workflows keep them until re-measured (docs/region_guidance.md, seventh round). Text-grounded
+# generation, additions and painted regions were re-measured with the defaults.
 GUIDANCE_AS_MEASURED = {"relayout_at": 0.0, "threshold": 0.1}
 
 
