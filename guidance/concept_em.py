@@ -201,7 +201,8 @@ class ConceptEM:
         """Learn ``count`` concepts from ``latents`` and the ``images`` ``[n, 3, H, W]`` (in [0, 1])
         they encode, whose resolution the masks take. ``initial_masks`` ``[n, count, H, W]`` replace
         the first, whole-image round's masks; ``on_step(done, total)`` is called after every optimiser step
-        (progress, cancellation); past ``budget_seconds`` the run ends with a last E-step."""
+        (progress, cancellation); past ``budget_seconds`` the run ends with a last E-step (none once the
+        masks are stable: their last estimate stands)."""
         with torch.inference_mode(False):  # hosts run under inference mode: work on normal copies
             self.sigmas = self.sigmas.clone()
             x0 = latents.detach().float().clone()
