@@ -492,15 +492,16 @@ def valid_place_iou(box, task) -> float:
     width, height = x1 - x0, y1 - y0
     size = task.scene.image.shape[0]
     valid = placement_validity_grid(task, size, width, height)
-    cy, cx = np.nonzero(valid)
-    if cx.size == 0:
-        return 0.0
-    cx, cy = cx + 0.5, cy + 0.5
-    ix = np.clip(np.minimum(box[2], cx + width / 2) - np.maximum(box[0], cx - width / 2), 0, None)
-    iy = np.clip(np.minimum(box[3], cy + height / 2) - np.maximum(box[1], cy - height / 2), 0, None)
-    inter = ix * iy
-    union = (box[2] - box[0]) * (box[3] - box[1]) + width * height - inter
-    return float((inter / np.maximum(union, 1e-9)).max())
+    return max(
+        (
+            box_iou(
+                box,
+                (cx + 0.5 - width / 2, cy + 0.5 - height / 2, cx + 0.5 + width / 2, cy + 0.5 + height / 2),
+            )
+            for cy, cx in zip(*np.nonzero(valid), strict=True)
+        ),
+        default=0.0,
+    )
 
 
 def frechet_distance(features_a, features_b) -> float:
