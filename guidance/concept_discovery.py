@@ -188,6 +188,8 @@ def on_objects(
     proposals: list[tuple[torch.Tensor, torch.Tensor]],
     previous: torch.Tensor | None = None,
     appearance_temperature: float = 0.05,
+    fill: bool = False,
+    evidence: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """``attention`` ``[n, k, H, W]`` with each concept's map kept only on one object proposal of its
     image (``object_proposals``, resized to ``H x W``), each proposal to one concept at most (greedy,
@@ -196,7 +198,10 @@ def on_objects(
     images: a softmax over the image's proposals of their cosine (at ``appearance_temperature``) to
     the concept's mean descriptor there (that of the proposals its previous masks lie on). A token
     that attends to two crosses alike is told apart by which of them looks like its concept
-    elsewhere. A concept left without a proposal keeps its whole map."""
+    elsewhere. ``evidence``: per image ``[k, m]`` probabilities over its proposals from another
+    source (the denoiser's likelihood of each concept on each object), multiplied into the score.
+    With ``fill``, a kept map is its highest value on the whole proposal: the attention picks the
+    object, the proposal gives its extent. A concept left without a proposal keeps its whole map."""
     n, k = attention.shape[:2]
     regions = [_resized(masks, attention) for masks, _ in proposals]
     appearance = _appearance(regions, proposals, previous) if previous is not None else None
@@ -215,11 +220,14 @@ def on_objects(
             )
             likeness = (centre.to(descriptors) @ descriptors.T / appearance_temperature).softmax(-1)
             score = score * likeness.to(score)
+        if evidence is not None:
+            score = score * evidence[image].to(score)
         free_concepts, free_objects = set(range(k)), set(range(len(masks)))
         for flat in score.flatten().argsort(descending=True).tolist():
             concept, obj = divmod(flat, len(masks))
             if concept in free_concepts and obj in free_objects:
-                out[image, concept] = attention[image, concept] * regions[image][obj]
+                kept = attention[image, concept] * regions[image][obj]
+                out[image, concept] = kept.amax() * regions[image][obj] if fill else kept
                 free_concepts.discard(concept)
                 free_objects.discard(obj)
     return out

@@ -7,7 +7,9 @@ trained) on a masked diffusion loss over random noise levels plus an attention l
 each token's max-normalised cross-attention and its current mask), on a random subset of the
 concepts at each step (Break-A-Scene's union sampling); the E-step re-estimates each concept's
 mask in every image from its token's attention, averaged over several noise levels and
-normalised across the concepts and the background. The first masks are the user's, or those of a
+normalised across the concepts and the background; where the images' object proposals are known,
+the attention, the concept's likeness elsewhere and the denoiser's likelihood of it pick one
+object per concept, whose extent the mask takes. The first masks are the user's, or those of a
 co-segmentation on the denoiser's own features (``concept_discovery.py``: the objects the images
 share); with ``discover`` off and no masks, the first M-step is textual inversion on the whole
 images. E-steps stop when the masks are stable (the remaining steps fit the tokens to them) or the
@@ -77,6 +79,9 @@ class ConceptEMSettings:
     one_component: bool = True  # keep only each mask's part that holds its attention's peak
     on_objects: bool = True  # E-step: each concept's attention kept on one of the image's objects
     appearance_temperature: float = 0.05  # ... chosen by attention x likeness to the concept elsewhere
+    fill_objects: bool = True  # ... and the mask takes that object's extent (the attention only picks it)
+    likelihood_temperature: float | None = 0.05  # ... and x the denoiser's likelihood of it; None: off
+    likelihood_draws: int = 2  # noise draws per probe noise level for that likelihood
     crf: CRFSettings | None = CRFSettings()  # sharpens the masks to the image's edges; None: off
     probe_noise_levels: tuple[float, ...] = (0.3, 0.5, 0.7)  # fractions of the schedule (1 = noise)
     stable_iou: float = 0.95  # stop when every mask overlaps its previous estimate this much
@@ -109,7 +114,12 @@ def noise_level_sigma(sigmas: torch.Tensor, level: float) -> torch.Tensor:
 
 
 def estimate_masks(
-    attention: torch.Tensor, images: torch.Tensor, settings: ConceptEMSettings, objects=None, previous=None
+    attention: torch.Tensor,
+    images: torch.Tensor,
+    settings: ConceptEMSettings,
+    objects=None,
+    previous=None,
+    evidence=None,
 ) -> torch.Tensor:
     """E-step: ``[n, k, H, W]`` max-normalised attention -> binary masks. Each pixel goes to the
     concept whose attention is highest above its map's background level, or to the background
@@ -118,10 +128,13 @@ def estimate_masks(
     holds the attention's peak (a concept is one object in an image; the rest are other objects
     its token also attends to a little). Given ``objects`` (``object_proposals`` of each image),
     each concept's attention is first kept on one object: the one that holds its peak and, given
-    the ``previous`` masks, looks like the concept in the other images (``on_objects``)."""
+    the ``previous`` masks, looks like the concept in the other images, times the ``evidence``
+    (``ConceptEM.object_likelihoods``) where given (``on_objects``)."""
     s = settings
     if objects is not None:
-        attention = on_objects(attention, objects, previous, s.appearance_temperature)
+        attention = on_objects(
+            attention, objects, previous, s.appearance_temperature, s.fill_objects, evidence
+        )
     temperature = s.crf.temperature if s.crf is not None else 0.05
     scores = attention.clamp_min(0) ** s.attention_power
     level = s.background_level
@@ -255,7 +268,10 @@ class ConceptEM:
                 continue
             probes = [torch.randn(x0.shape, generator=generator).to(x0.device) for _ in s.probe_noise_levels]
             attention = self.attention(x0, embeddings, count, images.shape[-2:], probes)
-            estimate = estimate_masks(attention, images, s, objects, masks)
+            evidence = None
+            if objects is not None and s.likelihood_temperature is not None:
+                evidence = self.object_likelihoods(x0, embeddings, count, init_word, objects, generator)
+            estimate = estimate_masks(attention, images, s, objects, masks, evidence)
             change = None if masks is None else float(mask_overlap(estimate, masks).min())
             history.append({"round": round_index, "loss": sum(losses) / len(losses), "mask_iou": change})
             if round_index == 0 or s.refine_masks:  # the first attention pass always replaces them
@@ -328,6 +344,39 @@ class ConceptEM:
                 self.denoiser.denoise(x0 + sigma * noise, sigma.reshape(1), cond, store)
                 features = features + store.query_features(tuple(x0.shape[-2:]))
         return F.normalize(features, dim=1).cpu()
+
+    def object_likelihoods(self, x0, embeddings, count: int, init_word: str, objects, generator) -> list:
+        """Per image ``[count, m]``, a softmax over its ``m`` object proposals (``objects``, on the latent
+        grid) at ``likelihood_temperature``: how much the prompt "a <concept>" lowers the denoising
+        error on the proposal against "a <init_word>", averaged over its positions and over
+        ``likelihood_draws`` noises at each probe noise level. The diffusion model's own evidence of
+        which object is the concept (a diffusion classifier: Li et al., ICCV 2023), beside its
+        attention, which mixes up objects that share a colour."""
+        s = self.settings
+        gain = 0
+        with gradients_enabled(), torch.no_grad():
+            neutral, _ = self.text.encode([f"a {init_word}"], embeddings)
+            conds = [self.text.encode(concept_words([c]), embeddings)[0] for c in range(count)]
+            for level in s.probe_noise_levels:
+                sigma = noise_level_sigma(self.sigmas, level).to(x0.device)
+                for _ in range(s.likelihood_draws):
+                    noise = torch.randn(x0.shape, generator=generator).to(x0.device)
+                    x = x0 + sigma * noise
+                    base = self._noise_error(x, sigma, neutral, noise)
+                    errors = [self._noise_error(x, sigma, c, noise) for c in conds]
+                    gain = gain + torch.stack([base - e for e in errors], 1)
+        gain = gain.cpu() / (len(s.probe_noise_levels) * s.likelihood_draws)  # [n, count, h, w]
+        out = []
+        for image, (masks, _) in enumerate(objects):
+            area = masks.flatten(1).sum(-1).clamp_min(1e-6)
+            mean = torch.einsum("khw,mhw->km", gain[image], masks.to(gain)) / area
+            out.append((mean / s.likelihood_temperature).softmax(-1))
+        return out
+
+    def _noise_error(self, x, sigma, cond, noise) -> torch.Tensor:
+        """``[n, h, w]``: the squared error of the denoiser's noise prediction, mean over channels."""
+        denoised = self.denoiser.denoise(x, sigma.reshape(1), cond, None).float()
+        return ((x - denoised) / sigma - noise).pow(2).mean(1)
 
     def attention(self, x0, embeddings, count: int, image_size, probes: list[torch.Tensor]) -> torch.Tensor:
         """Max-normalised attention ``[n, count, H, W]`` of every concept token on every image,

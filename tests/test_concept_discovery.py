@@ -151,6 +151,20 @@ def test_a_token_that_attends_two_objects_alike_takes_the_one_like_its_concept_e
     assert by_appearance[1, 0, :, :3].sum() == 0 and by_appearance[1, 0, :, 5:].sum() > 0  # image 1: right
 
 
+def test_filled_the_map_covers_the_picked_object_at_its_peak_and_nothing_else():
+    left, right = torch.zeros(4, 4), torch.zeros(4, 4)
+    left[:, :2], right[:, 2:] = 1, 1
+    proposals = [(torch.stack([left, right]), torch.zeros(2, DIM))]
+    attention = torch.zeros(1, 1, 8, 8)
+    attention[0, 0, :2, 6:] = 0.9  # a token that attends to one corner of the right object
+    attention[0, 0, :, :2] = 0.3  # ... and a little to the left one
+    filled = on_objects(attention, proposals, fill=True)[0, 0]
+    assert torch.allclose(filled[:, 5:], torch.full((8, 3), 0.9))  # the whole right object, at the peak
+    assert filled[:, :3].sum() == 0
+    partial = on_objects(attention, proposals)[0, 0]
+    assert partial[4:, 5:].sum() == 0  # unfilled: only the corner the token attends to
+
+
 def test_store_keeps_queries_as_unit_features_of_the_finer_layers():
     store = AttentionStore(keep_queries=True)
     heads, tokens = 2, 5

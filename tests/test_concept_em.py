@@ -217,3 +217,32 @@ def test_a_mask_keeps_only_its_part_that_holds_the_attention_peak():
     assert (loose[:, 0, 22:32].sum((1, 2)) > truth[:, 0].sum((1, 2))).all()  # larger than the square
     assert kept[:, 0, 22:32].sum() == 0
     assert torch.equal(kept[:, 0, :16], loose[:, 0, :16])  # the square itself is untouched
+
+
+class _OneObjectDenoiser:
+    """Predicts the clean latent exactly on ``region`` when the prompt names concept 0, and nothing
+    (the noisy input) elsewhere or for any other prompt: concept 0 explains that object only."""
+
+    def __init__(self, x0, region):
+        self.x0, self.region = x0, region
+
+    def denoise(self, x, sigma, cond, store=None):
+        return torch.where(self.region.bool() & (0 in cond), self.x0, x)
+
+
+class _WordsText:
+    def encode(self, words, embeddings):
+        return list(words), {}
+
+
+def test_object_likelihoods_favour_the_object_whose_denoising_the_concept_prompt_improves():
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    left, right = torch.zeros(8, 8), torch.zeros(8, 8)
+    left[:, :4], right[:, 4:] = 1, 1
+    em = ConceptEM(_OneObjectDenoiser(x0, right), _WordsText(), [], discrete_sigmas())
+    objects = [(torch.stack([left, right]), torch.zeros(2, 3))]
+    evidence = em.object_likelihoods(x0, {}, 2, "object", objects, torch.Generator().manual_seed(0))
+    assert evidence[0].shape == (2, 2)
+    assert torch.allclose(evidence[0].sum(-1), torch.ones(2))
+    assert evidence[0][0, 1] > 0.99  # concept 0: the right object
+    assert torch.allclose(evidence[0][1], torch.full((2,), 0.5))  # concept 1 explains nothing: no preference
