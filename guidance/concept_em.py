@@ -312,9 +312,7 @@ class ConceptEM:
             cond, positions = self.text.encode(concept_words(subset), embeddings)
             x = x0 + sigma.reshape(-1, 1, 1, 1) * noise
             store = AttentionStore(self.layers) if masks is not None else None
-            denoised = self.denoiser.denoise(x, sigma, cond, store)
-            eps = (x - denoised.float()) / sigma.reshape(-1, 1, 1, 1)
-            error = (eps - noise).pow(2).mean(1, keepdim=True)
+            error = self._noise_error(x, sigma, cond, noise, store)[:, None]
             if masks is None:
                 loss = error.mean()
             else:
@@ -362,8 +360,8 @@ class ConceptEM:
                 for _ in range(s.likelihood_draws):
                     noise = torch.randn(x0.shape, generator=generator).to(x0.device)
                     x = x0 + sigma * noise
-                    base = self._noise_error(x, sigma, neutral, noise)
-                    errors = [self._noise_error(x, sigma, c, noise) for c in conds]
+                    base = self._noise_error(x, sigma.reshape(1), neutral, noise)
+                    errors = [self._noise_error(x, sigma.reshape(1), c, noise) for c in conds]
                     gain = gain + torch.stack([base - e for e in errors], 1)
         gain = gain.cpu() / (len(s.probe_noise_levels) * s.likelihood_draws)  # [n, count, h, w]
         out = []
@@ -373,10 +371,11 @@ class ConceptEM:
             out.append((mean / s.likelihood_temperature).softmax(-1))
         return out
 
-    def _noise_error(self, x, sigma, cond, noise) -> torch.Tensor:
-        """``[n, h, w]``: the squared error of the denoiser's noise prediction, mean over channels."""
-        denoised = self.denoiser.denoise(x, sigma.reshape(1), cond, None).float()
-        return ((x - denoised) / sigma - noise).pow(2).mean(1)
+    def _noise_error(self, x, sigma, cond, noise, store=None) -> torch.Tensor:
+        """``[n, h, w]``: the squared error of the denoiser's noise prediction at ``sigma`` (``[n]`` or
+        ``[1]``), mean over channels (the M-step's diffusion loss per position)."""
+        denoised = self.denoiser.denoise(x, sigma, cond, store).float()
+        return ((x - denoised) / sigma.reshape(-1, 1, 1, 1) - noise).pow(2).mean(1)
 
     def attention(self, x0, embeddings, count: int, image_size, probes: list[torch.Tensor]) -> torch.Tensor:
         """Max-normalised attention ``[n, count, H, W]`` of every concept token on every image,
